@@ -1,0 +1,5 @@
+"""Lambda entry point of the $default route."""
+
+from audiohook.wiring import lambda_handler
+
+handler = lambda_handler("message")

@@ -1,0 +1,74 @@
+"""Builds the service from settings with real boto3 clients (Lambda and local gateway).
+
+boto3 honours ``AWS_ENDPOINT_URL``, so the same wiring talks to AWS or to the embedded
+moto server. The @connections endpoint is ``https://<domainName>/<stage>`` unless
+``CONNECTIONS_ENDPOINT`` overrides it (local gateway).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Callable
+
+import boto3
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
+from botocore.config import Config
+
+from .config import Settings
+from .keys import fetch_client_secrets
+from .poster import ConnectionPoster
+from .service import AudioHookService
+from .store import SessionStore
+from .stream import KinesisWriter
+
+_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
+
+
+def connections_endpoint(settings: Settings, event: APIGatewayWebSocketEvent) -> str:
+    if settings.connections_endpoint:
+        return settings.connections_endpoint
+    context = event.request_context
+    return f"https://{context.domain_name}/{context.stage}"
+
+
+@lru_cache(maxsize=16)
+def _poster(endpoint: str) -> ConnectionPoster:
+    return ConnectionPoster(boto3.client("apigatewaymanagementapi", endpoint_url=endpoint, config=_CLIENT_CONFIG))
+
+
+def build_service(settings: Settings | None = None, **clients: Any) -> AudioHookService:
+    settings = settings or Settings.from_env()
+    dynamodb = clients.get("dynamodb") or boto3.client("dynamodb", config=_CLIENT_CONFIG)
+    kinesis = clients.get("kinesis") or boto3.client("kinesis", config=_CLIENT_CONFIG)
+    return AudioHookService(
+        settings,
+        SessionStore(dynamodb, settings.sessions_table, settings.session_ttl_s),
+        KinesisWriter(kinesis, settings.audio_stream),
+        poster_for=lambda event: _poster(connections_endpoint(settings, event)),
+        client_secrets=lambda: fetch_client_secrets(settings.api_keys_secret, settings.secrets_cache_s),
+    )
+
+
+def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Lambda entry point of one route; the service is built once per container, lazily."""
+    from aws_lambda_powertools import Logger
+
+    logger = Logger(service="audiohook")
+    service: list[AudioHookService] = []
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        # Local fronts pass no Lambda context, so keys are added by hand, not by inject_lambda_context.
+        logger.append_keys(
+            route=route, request_id=getattr(context, "aws_request_id", None),
+            connection_id=event.get("requestContext", {}).get("connectionId"),
+        )
+        try:
+            if not service:
+                service.append(build_service())
+            return getattr(service[0], f"on_{route}")(event).response
+        except Exception:
+            # A route must answer: $connect refuses the upgrade, the others acknowledge.
+            logger.exception("route failed", extra={"route": route})
+            return {"statusCode": 500 if route == "connect" else 200}
+
+    return handler
