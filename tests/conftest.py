@@ -25,7 +25,7 @@ from audiohook import auth  # noqa: E402
 from audiohook.apigw import Connection  # noqa: E402
 from audiohook.config import Settings  # noqa: E402
 from audiohook.service import AudioHookService  # noqa: E402
-from audiohook.wiring import build_service  # noqa: E402
+from audiohook.wiring import build_service, poster_for_endpoint  # noqa: E402
 
 REGION = "us-east-1"
 API_ID = "a1b2c3d4e5"
@@ -112,6 +112,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 @pytest.fixture
 def service(aws: Aws) -> AudioHookService:
+    poster_for_endpoint.cache_clear()  # clients carry fault hooks; never share them between tests
     return build_service(SETTINGS, dynamodb=aws.dynamodb, kinesis=aws.kinesis)
 
 

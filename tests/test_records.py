@@ -22,6 +22,7 @@ from audiohook.records import (
     decode_record,
     encode_audio_record,
     encode_lifecycle_record,
+    gap_data,
 )
 
 SESSION = "e160e428-53e2-487c-977d-96989bf5c99d"
@@ -78,7 +79,11 @@ def test_single_stereo_pcmu_frame_round_trips_byte_exact() -> None:
 
 
 def test_several_frames_given_as_buffers_are_joined_in_order() -> None:
-    frames = [pcmu_frame(1600, 2, 1), bytearray(pcmu_frame(1600, 2, 2)), memoryview(pcmu_frame(1600, 2, 3))]
+    frames: list[bytes | bytearray | memoryview] = [
+        pcmu_frame(1600, 2, 1),
+        bytearray(pcmu_frame(1600, 2, 2)),
+        memoryview(pcmu_frame(1600, 2, 3)),
+    ]
     record = encode_audio_record(SESSION, 0, "PCMU", 8000, ["internal", "external"], frames, frame_count=3)
 
     decoded = decode_record(record)
@@ -214,19 +219,34 @@ EVENT_DATA: dict[str, dict[str, object]] = {
         "media": {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000},
         "language": None,
         "customConfig": {"résumé": "ünïcødé ✓"},
+        "inputVariables": None,
+        "continuedSessions": [],
     },
     "paused": {},
-    "resumed": {"start": "PT12.5S", "discarded": "PT1S"},
-    "discarded": {"start": "PT3S", "discarded": "PT0.2S"},
+    "resumed": {"start": "PT12.5S", "discarded": "PT1S", "samples": 8000},
+    "discarded": {"start": "PT3S", "discarded": "PT0.2S", "samples": 1600},
     "updated": {"language": "en-US"},
     "dtmf": {"digit": "5", "durationMs": 200},
     "playback_started": {},
     "playback_completed": {},
     "client_error": {"code": 429, "message": "too many requests", "retryAfter": "PT5S"},
-    "error": {"info": "seq 4 but 3 was due", "code": 400},
-    "gap": {"samples": 1600, "frames": 1, "reason": "ProvisionedThroughputExceededException"},
-    "closed": {"reason": "end"},
-    "disconnected": {"reason": "completed", "frames": 300, "bytes": 960000, "samples": 480000},
+    "error": {"info": "seq is 4 but 3 was due", "state": "ACTIVE"},
+    "gap": gap_data(start=22400, samples=1600, frames=1, reason="ProvisionedThroughputExceededException"),
+    "ignored": {"type": "ping", "seq": 9},
+    "disconnecting": {"reason": "completed", "info": None},
+    "closed": {"reason": "end", "from": "ACTIVE"},
+    "disconnected": {
+        "outcome": "closed",
+        "state": "CLOSED",
+        "statusCode": 1000,
+        "reason": "Client-side close frame",
+        "frames": 300,
+        "audioBytes": 960000,
+        "position": 480000,
+        "seq": 5,
+        "clientseq": 7,
+        "error": None,
+    },
 }
 
 
@@ -379,3 +399,23 @@ def test_record_format_error_is_a_value_error_carrying_its_reason() -> None:
     error = RecordFormatError("record is empty")
     assert isinstance(error, ValueError)
     assert str(error) == error.reason == "record is empty"
+
+
+def test_a_memoryview_of_16_bit_samples_counts_bytes_not_items() -> None:
+    samples = memoryview(bytes([1, 0, 2, 0, 3, 0, 4, 0])).cast("h")  # 4 items, 8 bytes
+    decoded = decode_record(encode_audio_record(SESSION, 0, "L16", 8000, ["external", "internal"], samples))
+    assert isinstance(decoded, AudioRecord)
+    assert decoded.audio == bytes([1, 0, 2, 0, 3, 0, 4, 0])
+    assert decoded.sample_count == 2
+
+
+def test_gap_data_names_the_lost_range() -> None:
+    record = encode_lifecycle_record(
+        SESSION, "gap", AT, 24000, False, gap_data(22400, 1600, 1, "InternalFailure")
+    )
+    assert json.loads(record)["data"] == {
+        "start": 22400,
+        "samples": 1600,
+        "frames": 1,
+        "reason": "InternalFailure",
+    }

@@ -17,7 +17,7 @@ _RETRYABLE = ("LimitExceededException", "TooManyRequestsException", "ThrottlingE
 class ConnectionPoster:
     def __init__(self, client: Any, *, max_attempts: int = 5, base_delay_s: float = 0.05,
                  sleep: Callable[[float], None] = time.sleep):
-        self._client = client
+        self.client = client
         self._max_attempts = max_attempts
         self._base_delay_s = base_delay_s
         self._sleep = sleep
@@ -31,9 +31,9 @@ class ConnectionPoster:
         for attempt in range(1, self._max_attempts + 1):
             self.calls += 1
             try:
-                self._client.post_to_connection(ConnectionId=connection_id, Data=text.encode("utf-8"))
+                self.client.post_to_connection(ConnectionId=connection_id, Data=text.encode("utf-8"))
                 return True
-            except self._client.exceptions.GoneException:
+            except self.client.exceptions.GoneException:
                 return False
             except Exception as error:  # botocore ClientError: retry only throttling and 5xx
                 code = getattr(error, "response", {}).get("Error", {}).get("Code", "")

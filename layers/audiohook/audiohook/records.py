@@ -289,6 +289,8 @@ PLAYBACK_COMPLETED: Final = "playback_completed"
 CLIENT_ERROR: Final = "client_error"
 ERROR: Final = "error"
 GAP: Final = "gap"
+IGNORED: Final = "ignored"
+DISCONNECTING: Final = "disconnecting"
 CLOSED: Final = "closed"
 DISCONNECTED: Final = "disconnected"
 
@@ -304,6 +306,8 @@ LifecycleEvent: TypeAlias = Literal[
     "client_error",
     "error",
     "gap",
+    "ignored",
+    "disconnecting",
     "closed",
     "disconnected",
 ]
@@ -358,6 +362,11 @@ def encode_lifecycle_record(
             f"lifecycle record of {len(encoded)} bytes does not fit one Kinesis record; trim its data"
         )
     return encoded
+
+
+def gap_data(start: int, samples: int, frames: int, reason: str) -> dict[str, Any]:
+    """``data`` of a ``gap`` record: audio we failed to deliver, from ``start`` for ``samples``."""
+    return {"start": start, "samples": samples, "frames": frames, "reason": reason}
 
 
 def _field(document: Mapping[str, Any], name: str, kind: type | tuple[type, ...], kind_name: str) -> Any:

@@ -21,9 +21,10 @@ from . import auth, sequencing
 from .config import Settings
 from .media import parse_preference
 from .protocol import ClientMessage, Violation, parse_client_message
-from .records import AudioRecordEncoder, encode_lifecycle_record
+from .records import AudioRecord, AudioRecordEncoder, decode_record, encode_lifecycle_record, gap_data
 from .session import Outcome, Policy, Session, finish, receive, receive_audio
 from .store import SessionStore, StoredSession
+from .stream import PutOutcome
 
 logger = Logger(service="audiohook")
 
@@ -38,7 +39,7 @@ class Poster(Protocol):
 
 
 class RecordWriter(Protocol):
-    def put(self, entries: list[tuple[str, bytes]]) -> Any: ...
+    def put(self, entries: list[tuple[str, bytes]]) -> PutOutcome: ...
 
 
 @dataclass
@@ -124,7 +125,7 @@ class AudioHookService:
         seq = message.seq
         text_digest = sequencing.digest(text)
         deadline = self.clock() + self.settings.predecessor_wait_ms / 1000
-        delay = 0.005
+        delay = 0.02
         while True:
             stored = self.store.load(connection_id)
             if stored is None:
@@ -140,7 +141,7 @@ class AudioHookService:
                 return RouteResult(OK, stored.session, duplicate=True)
             if action is sequencing.Action.WAIT:
                 self.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                delay = min(delay * 2, 0.2)
                 continue
             outcome = self._apply(stored, message)
             if seq is not None and stored.session.clientseq == seq:
@@ -190,24 +191,31 @@ class AudioHookService:
         return result
 
     def _emit(self, session: Session, outcome: Outcome) -> None:
-        if not outcome.lifecycle or session.session_id is None:
-            return
+        if outcome.lifecycle:
+            self._write(session, [self._lifecycle(session, item.event, item.data) for item in outcome.lifecycle])
+
+    def _lifecycle(self, session: Session, event: str, data: dict[str, Any]) -> bytes:
         at = datetime.fromtimestamp(self.clock(), timezone.utc)
-        self._write(session, [
-            encode_lifecycle_record(session.session_id, item.event, at, session.position, session.probe, item.data)
-            for item in outcome.lifecycle
-        ])
+        assert session.session_id is not None
+        return encode_lifecycle_record(session.session_id, event, at, session.position, session.probe, data)
 
     def _write(self, session: Session, records: list[bytes]) -> None:
+        """Write records of one session; audio that cannot be delivered is recorded as a gap."""
         assert session.session_id is not None
-        try:
-            result = self.records.put([(session.session_id, record) for record in records])
-        except Exception:
-            logger.exception("writing to Kinesis failed", extra={"session_id": session.session_id})
+        outcome = self.records.put([(session.session_id, record) for record in records])
+        if outcome.ok:
             return
-        if not getattr(result, "ok", True):
-            logger.error("records not delivered to Kinesis after retries",
-                         extra={"session_id": session.session_id, "errors": result.error_codes})
+        logger.error("records not delivered to Kinesis after retries",
+                     extra={"session_id": session.session_id, "errors": outcome.error_codes})
+        gaps = []
+        for entry in outcome.undelivered:
+            lost = decode_record(entry.data)
+            if isinstance(lost, AudioRecord):
+                reason = f"Kinesis: {entry.error_code}"
+                gaps.append(self._lifecycle(session, "gap", gap_data(
+                    lost.position, lost.sample_count, lost.frame_count, reason)))
+        if gaps:
+            self.records.put([(session.session_id, gap) for gap in gaps])
 
     @staticmethod
     def _log(stored: StoredSession) -> dict[str, Any]:

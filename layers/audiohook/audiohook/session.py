@@ -156,24 +156,30 @@ def receive_text(session: Session, text: str | bytes, policy: Policy, now: float
 
 def receive(session: Session, message: ClientMessage | Violation, policy: Policy, now: float) -> Outcome:
     """Apply one parsed client message (see :func:`audiohook.protocol.parse_client_message`)."""
+    # clientseq is the seq of the last client message received, even one we refuse: the
+    # disconnect answering it carries that seq. It never goes down.
     if isinstance(message, Violation):
-        if message.seq == session.clientseq + 1:
+        if message.seq is not None and message.seq > session.clientseq:
             session.clientseq = message.seq
         if session.session_id is None:
             return Outcome(violation=message.info)
         return protocol_error(session, message.info)
     if session.state is State.CLOSED:
         return Outcome(lifecycle=[Lifecycle("ignored", {"type": message.type, "seq": message.seq})])
-    if session.session_id is None and isinstance(message, Open):
-        session.session_id = message.id
-    problem = _check_envelope(session, message)
-    if problem is not None:
-        return protocol_error(session, problem)
-    session.clientseq = message.seq
     if session.state in (State.ERROR, State.UNAUTHORIZED):
+        # The session is over; only the client's close transaction is still answered, whatever
+        # its seq: the message we refused may have had no readable seq (invalid JSON, over
+        # 64 KiB) or may itself have broken the numbering, and the client must get its closed.
+        session.clientseq = max(session.clientseq, message.seq)
         if isinstance(message, Close):
             return _close(session, message, now)
         return Outcome(lifecycle=[Lifecycle("ignored", {"type": message.type, "seq": message.seq})])
+    if session.session_id is None and isinstance(message, Open):
+        session.session_id = message.id
+    problem = _check_envelope(session, message)
+    session.clientseq = max(session.clientseq, message.seq)
+    if problem is not None:
+        return protocol_error(session, problem)
     return _dispatch(session, message, policy, now)
 
 

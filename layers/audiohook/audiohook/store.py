@@ -1,52 +1,34 @@
 """DynamoDB adapter: one table for session items and nonce items (key ``pk``).
 
-Session item ``conn#<connectionId>``: the :class:`~audiohook.session.Session` fields, plus
+Session item ``conn#<connectionId>``: the :class:`~audiohook.session.Session` as one JSON
+attribute ``session`` (one attribute keeps every write a single short update expression),
+copies of ``state``/``seq``/``clientseq``/``sessionId`` for people reading the table,
 ``version`` (optimistic lock, +1 on every write), ``delivered`` (the highest server seq
-already posted to the client), ``recent`` (digests of the last applied client messages)
-and ``expiresAt`` (TTL). Nonce item ``nonce#<nonce>``: only ``expiresAt``.
+already posted to the client), ``recent`` (JSON digests of the last applied client
+messages) and ``expiresAt`` (TTL). Nonce item ``nonce#<nonce>``: only ``expiresAt``.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Callable
-
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from .session import Session
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
-
-def _to_dynamo(value: Any) -> Any:
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, dict):
-        return {key: _to_dynamo(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_to_dynamo(item) for item in value]
-    return value
-
-
-def _from_dynamo(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {key: _from_dynamo(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_from_dynamo(item) for item in value]
-    return value
-
-
-def _encode(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: _serializer.serialize(_to_dynamo(value)) for key, value in values.items()}
-
-
-def _decode(item: dict[str, Any]) -> dict[str, Any]:
-    return {key: _from_dynamo(_deserializer.deserialize(value)) for key, value in item.items()}
+def _visible(session: Session) -> dict[str, Any]:
+    """The attributes written on every save."""
+    values: dict[str, Any] = {
+        "session": {"S": json.dumps(session.to_dict(), separators=(",", ":"))},
+        "state": {"S": session.state.value},
+        "seq": {"N": str(session.seq)},
+        "clientseq": {"N": str(session.clientseq)},
+    }
+    if session.session_id:
+        values["sessionId"] = {"S": session.session_id}
+    return values
 
 
 @dataclass
@@ -76,7 +58,7 @@ class SessionStore:
         try:
             self._client.put_item(
                 TableName=self._table,
-                Item=_encode({"pk": f"nonce#{nonce}", "expiresAt": int(expires_at)}),
+                Item={"pk": {"S": f"nonce#{nonce}"}, "expiresAt": {"N": str(int(expires_at))}},
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except self._client.exceptions.ConditionalCheckFailedException:
@@ -85,48 +67,50 @@ class SessionStore:
 
     def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
         now = self._clock()
-        values = session.to_dict() | {
-            "pk": f"conn#{connection_id}", "connectionId": connection_id, "apiKey": api_key,
-            "connectedAt": int(now * 1000), "version": 1, "delivered": 0, "recent": {},
-            "expiresAt": int(now) + self._ttl,
+        item = _visible(session) | {
+            "pk": {"S": f"conn#{connection_id}"}, "connectionId": {"S": connection_id},
+            "connectedAt": {"N": str(int(now * 1000))}, "version": {"N": "1"}, "delivered": {"N": "0"},
+            "recent": {"S": "{}"}, "expiresAt": {"N": str(int(now) + self._ttl)},
         }
+        if api_key:
+            item["apiKey"] = {"S": api_key}
         self.calls += 1
-        self._client.put_item(
-            TableName=self._table, Item=_encode({k: v for k, v in values.items() if v is not None}),
-            ConditionExpression="attribute_not_exists(pk)",
-        )
+        self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
 
     def load(self, connection_id: str) -> StoredSession | None:
         self.calls += 1
-        item = self._client.get_item(TableName=self._table, Key=self._key(connection_id), ConsistentRead=True)
-        if "Item" not in item:
+        item = self._client.get_item(
+            TableName=self._table, Key=self._key(connection_id), ConsistentRead=True,
+            ProjectionExpression="#s, version, delivered, recent, apiKey", ExpressionAttributeNames={"#s": "session"},
+        ).get("Item")
+        if item is None:
             return None
-        values = _decode(item["Item"])
         return StoredSession(
             connection_id=connection_id,
-            session=Session.from_dict(values),
-            version=values["version"],
-            delivered=values.get("delivered", 0),
-            recent=values.get("recent", {}),
-            api_key=values.get("apiKey"),
+            session=Session.from_dict(json.loads(item["session"]["S"])),
+            version=int(item["version"]["N"]),
+            delivered=int(item["delivered"]["N"]),
+            recent=json.loads(item["recent"]["S"]),
+            api_key=item.get("apiKey", {}).get("S"),
         )
 
     def save(self, stored: StoredSession) -> bool:
         """Write the session if nobody wrote since it was loaded; False: reload and retry."""
-        values = stored.session.to_dict() | {"recent": stored.recent}
+        values = _visible(stored.session) | {"recent": {"S": json.dumps(stored.recent, separators=(",", ":"))}}
         names = {f"#a{i}": name for i, name in enumerate(values)}
-        assignments = [f"#a{i} = :a{i}" for i in range(len(values))]
         attribute_values = {f":a{i}": value for i, value in enumerate(values.values())}
-        attribute_values |= {":loaded": stored.version, ":next": stored.version + 1}
         self.calls += 1
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=self._key(stored.connection_id),
-                UpdateExpression="SET " + ", ".join(assignments + ["#version = :next"]),
-                ConditionExpression="#version = :loaded",
-                ExpressionAttributeNames=names | {"#version": "version"},
-                ExpressionAttributeValues=_encode(attribute_values),
+                UpdateExpression="SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values)))
+                + ", version = :next",
+                ConditionExpression="version = :loaded",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=attribute_values | {
+                    ":loaded": {"N": str(stored.version)}, ":next": {"N": str(stored.version + 1)},
+                },
             )
         except self._client.exceptions.ConditionalCheckFailedException:
             return False

@@ -22,6 +22,8 @@ from .store import SessionStore
 from .stream import KinesisWriter
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
+# KinesisWriter and ConnectionPoster retry with their own backoff; botocore must not multiply it.
+_SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5)
 
 
 def connections_endpoint(settings: Settings, event: APIGatewayWebSocketEvent) -> str:
@@ -32,19 +34,19 @@ def connections_endpoint(settings: Settings, event: APIGatewayWebSocketEvent) ->
 
 
 @lru_cache(maxsize=16)
-def _poster(endpoint: str) -> ConnectionPoster:
-    return ConnectionPoster(boto3.client("apigatewaymanagementapi", endpoint_url=endpoint, config=_CLIENT_CONFIG))
+def poster_for_endpoint(endpoint: str) -> ConnectionPoster:
+    return ConnectionPoster(boto3.client("apigatewaymanagementapi", endpoint_url=endpoint, config=_SINGLE_ATTEMPT))
 
 
 def build_service(settings: Settings | None = None, **clients: Any) -> AudioHookService:
     settings = settings or Settings.from_env()
     dynamodb = clients.get("dynamodb") or boto3.client("dynamodb", config=_CLIENT_CONFIG)
-    kinesis = clients.get("kinesis") or boto3.client("kinesis", config=_CLIENT_CONFIG)
+    kinesis = clients.get("kinesis") or boto3.client("kinesis", config=_SINGLE_ATTEMPT)
     return AudioHookService(
         settings,
         SessionStore(dynamodb, settings.sessions_table, settings.session_ttl_s),
         KinesisWriter(kinesis, settings.audio_stream),
-        poster_for=lambda event: _poster(connections_endpoint(settings, event)),
+        poster_for=lambda event: poster_for_endpoint(connections_endpoint(settings, event)),
         client_secrets=lambda: fetch_client_secrets(settings.api_keys_secret, settings.secrets_cache_s),
     )
 
