@@ -274,6 +274,10 @@ def _describe(error: ValidationError, message_type: str) -> str:
     return f"invalid {message_type} message: {location}: {first['msg']}"
 
 
+# What json.loads returns, named as JSON names it (the info goes to the client).
+_JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
     size = len(text.encode("utf-8") if isinstance(text, str) else text)
     if size > MAX_TEXT_BYTES:
@@ -283,7 +287,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return Violation(f"message is not valid JSON: {exc}")
     if not isinstance(raw, dict):
-        return Violation(f"message is not a JSON object but a JSON {type(raw).__name__}")
+        return Violation(f"message is not a JSON object but a JSON {_JSON_TYPE_NAMES[type(raw)]}")
     seq = raw.get("seq") if type(raw.get("seq")) is int else None
     version = raw.get("version")
     if version != PROTOCOL_VERSION:

@@ -156,10 +156,8 @@ def receive_text(session: Session, text: str | bytes, policy: Policy, now: float
 
 def receive(session: Session, message: ClientMessage | Violation, policy: Policy, now: float) -> Outcome:
     """Apply one parsed client message (see :func:`audiohook.protocol.parse_client_message`)."""
-    # clientseq is the seq of the last client message received, even one we refuse: the
-    # disconnect answering it carries that seq. It never goes down.
     if isinstance(message, Violation):
-        if message.seq is not None and message.seq > session.clientseq:
+        if message.seq == session.clientseq + 1:
             session.clientseq = message.seq
         if session.session_id is None:
             return Outcome(violation=message.info)
@@ -177,7 +175,10 @@ def receive(session: Session, message: ClientMessage | Violation, policy: Policy
     if session.session_id is None and isinstance(message, Open):
         session.session_id = message.id
     problem = _check_envelope(session, message)
-    session.clientseq = max(session.clientseq, message.seq)
+    if message.seq == session.clientseq + 1:
+        # Received in order (even if refused for its id or serverseq): the reply, disconnect
+        # included, names it in clientseq. A seq out of order leaves clientseq where it was.
+        session.clientseq = message.seq
     if problem is not None:
         return protocol_error(session, problem)
     return _dispatch(session, message, policy, now)
