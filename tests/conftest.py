@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from audiohook import auth  # noqa: E402
 from audiohook.apigw import Connection  # noqa: E402
 from audiohook.config import Settings  # noqa: E402
-from audiohook.service import AudioHookService  # noqa: E402
+from audiohook.service import AudioHookService
+from audiohook.stream import read_stream  # noqa: E402
 from audiohook.wiring import build_service, poster_for_endpoint  # noqa: E402
 
 REGION = "us-east-1"
@@ -50,17 +51,7 @@ class Aws:
 
     def stream_records(self) -> list[bytes]:
         """Every record in the audio stream, in shard order."""
-        stream = self.kinesis.describe_stream(StreamName=SETTINGS.audio_stream)["StreamDescription"]
-        data = []
-        for shard in stream["Shards"]:
-            iterator = self.kinesis.get_shard_iterator(
-                StreamName=SETTINGS.audio_stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-            while iterator:
-                page = self.kinesis.get_records(ShardIterator=iterator, Limit=10000)
-                data.extend(record["Data"] for record in page["Records"])
-                iterator = page.get("NextShardIterator") if page["Records"] else None
-        return data
+        return [data for _, data in read_stream(self.kinesis, SETTINGS.audio_stream)]
 
     def posted(self, connection_id: str) -> list[dict[str, Any]]:
         """Messages moto's @connections received for one connection, split back into frames."""

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from audiohook.protocol import (
     MAX_TEXT_BYTES,
     NULL_UUID,
@@ -45,7 +44,7 @@ def fixture_messages(name: str, direction: str) -> list[dict[str, Any]]:
     return [step["message"] for step in map(json.loads, filter(None, lines)) if step["direction"] == direction]
 
 
-def client(type: str, parameters: Any = None, **fields: Any) -> dict[str, Any]:
+def client(type: Any, parameters: Any = None, **fields: Any) -> dict[str, Any]:
     """A well-formed client message; ``fields`` override or (with ``...``) remove envelope fields."""
     message = {
         "version": "2", "id": SESSION_ID, "type": type, "seq": 2, "serverseq": 1, "position": "PT0S",
@@ -136,7 +135,7 @@ def test_media_offer_keeps_unknown_fields_for_the_echo() -> None:
     ("playback_started", {"id": "p1"}, PlaybackStarted),
     ("playback_completed", {"id": "p1", "reason": "done"}, PlaybackCompleted),
 ])
-def test_every_client_message_type_parses(type: str, parameters: dict[str, Any], model: type) -> None:
+def test_every_client_message_type_parses(type: str, parameters: dict[str, Any], model: Any) -> None:
     message = parse(client(type, parameters))
     assert isinstance(message, model)
     assert message.type == type
@@ -256,7 +255,7 @@ def test_server_messages_carry_clientseq_and_never_position_or_serverseq(type: A
 
 def test_server_text_is_compact_json_with_the_version_as_a_string() -> None:
     text = server_message("pong", session_id=SESSION_ID, seq=3, clientseq=4).to_json()
-    assert text == '{"version":"2","type":"pong","seq":3,"clientseq":4,"id":"%s","parameters":{}}' % SESSION_ID
+    assert text == f'{{"version":"2","type":"pong","seq":3,"clientseq":4,"id":"{SESSION_ID}","parameters":{{}}}}'
 
 
 def test_disconnect_leaves_out_the_info_it_does_not_have() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from audiohook import stream
 from audiohook.stream import (
     INVALID_PARTITION_KEY,
     MAX_RECORD_BYTES,
@@ -51,19 +52,7 @@ def kinesis(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def read_stream(client: Any) -> list[tuple[str, bytes]]:
-    """Every record in the stream as (partition key, data), shard by shard in sequence order."""
-    found: list[tuple[str, bytes]] = []
-    for shard in client.list_shards(StreamName=STREAM)["Shards"]:
-        iterator = client.get_shard_iterator(
-            StreamName=STREAM, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
-        while True:
-            page = client.get_records(ShardIterator=iterator, Limit=10000)
-            if not page["Records"]:
-                break
-            found.extend((record["PartitionKey"], record["Data"]) for record in page["Records"])
-            iterator = page["NextShardIterator"]
-    return found
+    return stream.read_stream(client, STREAM)
 
 
 def entries(

@@ -121,7 +121,7 @@ class ServerFrameChecker:
     last_client_seq: int = 0
     last_server_seq: int = 0
     accepted_server_seq: int = 0
-    """The highest seq among frames Genesys would accept: what the client reports as ``serverseq``."""
+    """The seq of the last frame Genesys would accept: what the client reports as ``serverseq``."""
     offers: list[Any] = field(default_factory=list)
     opened_media: list[Any] | None = None
     _languages_asked: bool = False
@@ -159,6 +159,7 @@ class ServerFrameChecker:
 
     @property
     def opened(self) -> bool:
+        """An ``opened`` arrived (even in a frame Genesys would refuse)."""
         return self._opened_seen
 
     @property

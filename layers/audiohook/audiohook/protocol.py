@@ -275,7 +275,9 @@ def _describe(error: ValidationError, message_type: str) -> str:
 
 
 # What json.loads returns, named as JSON names it (the info goes to the client).
-_JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_JSON_TYPE_NAMES = {
+    list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null",
+}
 
 
 def parse_client_message(text: str | bytes) -> ClientMessage | Violation:

@@ -280,3 +280,21 @@ def _give_up(entries: Sequence[_Entry], code: str, message: str, attempts: int, 
         tally.undelivered.append(
             UndeliveredEntry(entry.index, entry.partition_key, entry.data, code, message, attempts)
         )
+
+
+def read_stream(client: Any, stream_name: str) -> list[tuple[str, bytes]]:
+    """Every record now in the stream, as (partition key, data), shard by shard from the start.
+
+    For ``audiohook export`` and tests; a production consumer would use the KCL or
+    enhanced fan-out instead.
+    """
+    records: list[tuple[str, bytes]] = []
+    for shard in client.list_shards(StreamName=stream_name)["Shards"]:
+        iterator = client.get_shard_iterator(
+            StreamName=stream_name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = client.get_records(ShardIterator=iterator, Limit=10000)
+            records.extend((record["PartitionKey"], record["Data"]) for record in page["Records"])
+            iterator = page.get("NextShardIterator") if page["Records"] else None
+    return records
