@@ -444,7 +444,7 @@ def test_samconfig() -> None:
 
 
 # ------------------------------------------------------------------ events
-EVENT_FILES = sorted(p for p in EVENTS.glob("*.json") if p.name != "env.json")
+EVENT_FILES = sorted(p for p in EVENTS.glob("*.json") if p.name not in ("env.json", "api-keys.json"))
 ROUTE_EVENT_TYPES = {"$connect": "CONNECT", "$disconnect": "DISCONNECT"}
 
 

@@ -26,6 +26,9 @@ class Settings:
     request_target: str = ""
     # Comma separated "<format>/<channels>" in order of preference; "stereo" means two channels.
     media_preference: str = "PCMU/stereo,L16/stereo,PCMU/mono,L16/mono"
+    # Comma separated language codes offered when open asks for supportedLanguages.
+    supported_languages: str = ""
+    start_paused: bool = False
     signature_max_age_s: int = 10
     signature_clock_skew_s: int = 5
     nonce_ttl_s: int = 300
@@ -46,6 +49,8 @@ class Settings:
             api_keys_secret=env.get("API_KEYS_SECRET", defaults.api_keys_secret),
             request_target=env.get("REQUEST_TARGET", defaults.request_target),
             media_preference=env.get("MEDIA_PREFERENCE", defaults.media_preference),
+            supported_languages=env.get("SUPPORTED_LANGUAGES", defaults.supported_languages),
+            start_paused=env.get("START_PAUSED", "").strip().lower() in ("1", "true", "yes"),
             signature_max_age_s=_int(env, "SIGNATURE_MAX_AGE_S", defaults.signature_max_age_s),
             signature_clock_skew_s=_int(env, "SIGNATURE_CLOCK_SKEW_S", defaults.signature_clock_skew_s),
             nonce_ttl_s=_int(env, "NONCE_TTL_S", defaults.nonce_ttl_s),

@@ -51,7 +51,7 @@ class _Open(BaseModel):
 
 class MediaEntry(_Open):
     type: Literal["audio"]
-    format: Literal["PCMU", "L16"]
+    format: str  # PCMU and L16 today; an unknown future format is skipped by selection, not refused
     channels: Annotated[list[Channel], Field(min_length=1, max_length=2)]
     rate: Annotated[StrictInt, Field(gt=0)]
 

@@ -81,7 +81,11 @@ class AudioHookService:
         self.client_secrets = client_secrets
         self.clock = clock
         self.sleep = sleep
-        self.policy = Policy(media_preference=parse_preference(settings.media_preference))
+        self.policy = Policy(
+            media_preference=parse_preference(settings.media_preference),
+            supported_languages=tuple(filter(None, (code.strip() for code in settings.supported_languages.split(",")))),
+            start_paused=settings.start_paused,
+        )
 
     # --- $connect ---------------------------------------------------------------------
 

@@ -163,7 +163,7 @@ def receive(session: Session, message: ClientMessage | Violation, policy: Policy
             return Outcome(violation=message.info)
         return protocol_error(session, message.info)
     if session.state is State.CLOSED:
-        return Outcome(lifecycle=[Lifecycle("ignored", {"type": message.type, "seq": message.seq})])
+        return _ignored(message)
     if session.state in (State.ERROR, State.UNAUTHORIZED):
         # The session is over; only the client's close transaction is still answered, whatever
         # its seq: the message we refused may have had no readable seq (invalid JSON, over
@@ -171,7 +171,7 @@ def receive(session: Session, message: ClientMessage | Violation, policy: Policy
         session.clientseq = max(session.clientseq, message.seq)
         if isinstance(message, Close):
             return _close(session, message, now)
-        return Outcome(lifecycle=[Lifecycle("ignored", {"type": message.type, "seq": message.seq})])
+        return _ignored(message)
     if session.session_id is None and isinstance(message, Open):
         session.session_id = message.id
     problem = _check_envelope(session, message)
@@ -203,12 +203,12 @@ def _dispatch(session: Session, message: Any, policy: Policy, now: float) -> Out
         return Outcome([_reply(session, "updated")], [Lifecycle("updated", {"language": session.language})])
     if isinstance(message, Paused):
         if state is not State.ACTIVE:
-            return protocol_error(session, f"unexpected paused: the session is {state.value}, not ACTIVE")
+            return _ignored(message)  # pause is idempotent: a repeated confirmation is harmless
         session.state = State.PAUSED
         return Outcome(lifecycle=[Lifecycle("paused")])
     if isinstance(message, Resumed):
         if state is not State.PAUSED:
-            return protocol_error(session, f"unexpected resumed: the session is {state.value}, not PAUSED")
+            return _ignored(message)
         session.state = State.ACTIVE
         return Outcome(lifecycle=[Lifecycle("resumed", _skip_discarded(session, message))])
     if isinstance(message, Discarded):
@@ -217,6 +217,10 @@ def _dispatch(session: Session, message: Any, policy: Policy, now: float) -> Out
         return Outcome(lifecycle=[Lifecycle(message.type, message.parameters if isinstance(message.parameters, dict)
                                             else message.parameters.model_dump(exclude_none=True))])
     return protocol_error(session, f"unexpected {message.type} in state {state.value}")  # pragma: no cover
+
+
+def _ignored(message: Any) -> Outcome:
+    return Outcome(lifecycle=[Lifecycle("ignored", {"type": message.type, "seq": message.seq})])
 
 
 def _skip_discarded(session: Session, message: Resumed | Discarded) -> dict[str, Any]:
