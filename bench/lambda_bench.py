@@ -61,7 +61,7 @@ class Ledger:
 
 def measure_routes(rounds: int) -> list[tuple[str, float, str]]:
     import boto3
-    from conftest import API_KEY, CLIENT_SECRET, SETTINGS, Client, _create_resources, open_parameters
+    from conftest import API_KEY, CLIENT_SECRET, Client, embedded_aws, open_parameters
     from moto import mock_aws
 
     from audiohook.poster import ConnectionPoster
@@ -72,15 +72,15 @@ def measure_routes(rounds: int) -> list[tuple[str, float, str]]:
     ledger = Ledger()
     rows: dict[str, list[tuple[float, dict[str, int]]]] = {}
     with mock_aws():
-        _create_resources({API_KEY: CLIENT_SECRET})
+        settings = embedded_aws({API_KEY: CLIENT_SECRET}).settings
         dynamodb = TimedClient(boto3.client("dynamodb"), ledger)
         kinesis = TimedClient(boto3.client("kinesis"), ledger)
         poster = ConnectionPoster(TimedClient(boto3.client(
             "apigatewaymanagementapi", endpoint_url="https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/prod"),
             ledger))
         service = AudioHookService(
-            SETTINGS, SessionStore(dynamodb, SETTINGS.sessions_table, SETTINGS.session_ttl_s),
-            KinesisWriter(kinesis, SETTINGS.audio_stream), poster_for=lambda event: poster,
+            settings, SessionStore(dynamodb, settings.sessions_table, settings.session_ttl_s),
+            KinesisWriter(kinesis, settings.audio_stream), poster_for=lambda event: poster,
             client_secrets=lambda: {API_KEY: CLIENT_SECRET},
         )
 

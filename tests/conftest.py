@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -35,7 +35,6 @@ STAGE = "prod"
 ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
 API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
 CLIENT_SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="
-SETTINGS = Settings(predecessor_wait_ms=2000)
 
 
 def load_jsonl(name: str) -> list[dict[str, Any]]:
@@ -44,6 +43,7 @@ def load_jsonl(name: str) -> list[dict[str, Any]]:
 
 @dataclass
 class Aws:
+    settings: Settings
     dynamodb: Any
     kinesis: Any
     secrets: Any
@@ -51,7 +51,7 @@ class Aws:
 
     def stream_records(self) -> list[bytes]:
         """Every record in the audio stream, in shard order."""
-        return [data for _, data in read_stream(self.kinesis, SETTINGS.audio_stream)]
+        return [data for _, data in read_stream(self.kinesis, self.settings.audio_stream)]
 
     def posted(self, connection_id: str) -> list[dict[str, Any]]:
         """Messages moto's @connections received for one connection, split back into frames."""
@@ -66,20 +66,6 @@ class Aws:
         return messages
 
 
-def _create_resources(key_map: dict[str, str]) -> None:  # TODO: from template.yaml via localaws
-    boto3.client("dynamodb", region_name=REGION).create_table(
-        TableName=SETTINGS.sessions_table, BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-    )
-    boto3.client("kinesis", region_name=REGION).create_stream(
-        StreamName=SETTINGS.audio_stream, StreamModeDetails={"StreamMode": "ON_DEMAND"}
-    )
-    boto3.client("secretsmanager", region_name=REGION).create_secret(
-        Name=SETTINGS.api_keys_secret, SecretString=json.dumps(key_map)
-    )
-
-
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     for name, value in {
@@ -89,22 +75,34 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
-        _create_resources({API_KEY: CLIENT_SECRET, "unsigned-key": ""})
-        from aws_lambda_powertools.utilities import parameters
+        yield embedded_aws({API_KEY: CLIENT_SECRET, "unsigned-key": ""})
 
-        parameters.clear_caches()
-        yield Aws(
-            boto3.client("dynamodb", region_name=REGION),
-            boto3.client("kinesis", region_name=REGION),
-            boto3.client("secretsmanager", region_name=REGION),
-            boto3.client("apigatewaymanagementapi", region_name=REGION, endpoint_url=f"https://{DOMAIN}/{STAGE}"),
-        )
+
+def embedded_aws(key_map: dict[str, str]) -> Aws:
+    """The template's own table, stream and secret, created in moto (``mock_aws`` must be active)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    from audiohook.localaws import EmbeddedAws
+
+    embedded = EmbeddedAws(REPO / "template.yaml", in_process=True).start()
+    embedded.client("secretsmanager").put_secret_value(
+        SecretId=embedded.resources.secret_arn, SecretString=json.dumps(key_map)
+    )
+    parameters.clear_caches()
+    settings = replace(Settings.from_env(embedded.env()), predecessor_wait_ms=2000)
+    return Aws(
+        settings,
+        boto3.client("dynamodb", region_name=REGION),
+        boto3.client("kinesis", region_name=REGION),
+        boto3.client("secretsmanager", region_name=REGION),
+        boto3.client("apigatewaymanagementapi", region_name=REGION, endpoint_url=f"https://{DOMAIN}/{STAGE}"),
+    )
 
 
 @pytest.fixture
 def service(aws: Aws) -> AudioHookService:
     poster_for_endpoint.cache_clear()  # clients carry fault hooks; never share them between tests
-    return build_service(SETTINGS, dynamodb=aws.dynamodb, kinesis=aws.kinesis)
+    return build_service(aws.settings, dynamodb=aws.dynamodb, kinesis=aws.kinesis)
 
 
 class Client:

@@ -16,7 +16,7 @@ CALL = open_parameters("4c3d4d4e-8f5a-4f43-9b0c-1a2b3c4d5e6f", "9a8b7c6d-5e4f-4a
 
 
 def table_items(aws) -> list[dict]:
-    return aws.dynamodb.scan(TableName="audiohook-sessions")["Items"]
+    return aws.dynamodb.scan(TableName=aws.settings.sessions_table)["Items"]
 
 
 @pytest.mark.parametrize("change", [
@@ -74,7 +74,7 @@ def poster_client(service):
 
 def failing_kinesis(aws, service, faults: Faults) -> None:
     faults.install(aws.kinesis)
-    service.records = KinesisWriter(aws.kinesis, "audiohook-audio", sleep=lambda seconds: None)
+    service.records = KinesisWriter(aws.kinesis, aws.settings.audio_stream, sleep=lambda seconds: None)
 
 
 def test_gone_connection_ends_quietly_and_keeps_the_session(aws, service):

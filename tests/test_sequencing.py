@@ -8,7 +8,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from conftest import API_KEY, CLIENT_SECRET, SETTINGS, Client, open_parameters
+from conftest import API_KEY, CLIENT_SECRET, Client, open_parameters
 
 from audiohook.poster import ConnectionPoster
 from audiohook.service import AudioHookService
@@ -40,17 +40,15 @@ class AtomicCalls:
         return call
 
 
-# moto behind one lock serves a few hundred calls a second, not DynamoDB's thousands, so a
-# predecessor can take seconds to land here; the wait budget is sized for that.
-PATIENT = replace(SETTINGS, predecessor_wait_ms=60_000)
-
-
 def concurrent_service(aws: Any, **overrides: Any) -> AudioHookService:
+    # moto behind one lock serves a few hundred calls a second, not DynamoDB's thousands, so a
+    # predecessor can take seconds to land here; the wait budget is sized for that.
+    settings = replace(aws.settings, predecessor_wait_ms=60_000)
     poster = ConnectionPoster(AtomicCalls(aws.management))
     return AudioHookService(
-        PATIENT,
-        SessionStore(AtomicCalls(aws.dynamodb), SETTINGS.sessions_table, SETTINGS.session_ttl_s),
-        KinesisWriter(AtomicCalls(aws.kinesis), SETTINGS.audio_stream),
+        settings,
+        SessionStore(AtomicCalls(aws.dynamodb), settings.sessions_table, settings.session_ttl_s),
+        KinesisWriter(AtomicCalls(aws.kinesis), settings.audio_stream),
         poster_for=lambda event: poster,
         client_secrets=lambda: {API_KEY: CLIENT_SECRET},
         **overrides,

@@ -207,8 +207,11 @@ class EmbeddedAws:
 
     def __init__(self, template_path: str | Path = "template.yaml", *, stack_name: str = DEFAULT_STACK_NAME,
                  demo_api_key: str = DEMO_API_KEY, demo_client_secret: str = DEMO_CLIENT_SECRET,
-                 endpoint_url: str | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+                 endpoint_url: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 in_process: bool = False) -> None:
+        """``in_process``: no server; the caller has moto's ``mock_aws`` active (tests, benchmarks)."""
         self.template = Template(template_path, stack_name=stack_name)
+        self._in_process = in_process
         self.demo = DemoCredentials(demo_api_key, demo_client_secret)
         self._endpoint_url = endpoint_url
         self._host = host
@@ -225,7 +228,7 @@ class EmbeddedAws:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Self:
-        if self._endpoint_url is None:
+        if self._endpoint_url is None and not self._in_process:
             from moto.server import ThreadedMotoServer
 
             _quiet_access_log()
@@ -276,15 +279,16 @@ class EmbeddedAws:
         """A boto3 client of the embedded AWS (fake credentials), one per service."""
         if service not in self._clients:
             self._clients[service] = self._session.client(  # type: ignore[call-overload]
-                service, endpoint_url=self.endpoint_url
+                service, endpoint_url=self._endpoint_url
             )
         return self._clients[service]
 
     def env(self) -> dict[str, str]:
         """Environment variables for the handlers: the template's, resolved locally, plus AWS access."""
+        endpoint = {} if self._in_process else {"AWS_ENDPOINT_URL": self.endpoint_url}
         return {
             **self._env,
-            "AWS_ENDPOINT_URL": self.endpoint_url,
+            **endpoint,
             **FAKE_CREDENTIALS,
             # A session token left in the shell would be sent with the fake keys.
             "AWS_SESSION_TOKEN": "testing",
