@@ -702,3 +702,25 @@ def test_repeated_pause_confirmations_are_ignored_not_errors() -> None:
     again = genesys.send("resumed", {"start": "PT0S", "discarded": "PT0S"})
     assert again == Outcome(lifecycle=[Lifecycle("ignored", {"type": "resumed", "seq": 5})])
     assert genesys.session.state is State.ACTIVE
+
+
+def test_audio_sent_before_close_but_applied_after_it_is_kept() -> None:
+    # API Gateway may run the close invocation before the last frame's: the close's own
+    # position (PT0.4S) says two 200 ms frames were streamed, so the second one still counts.
+    genesys = Genesys()
+    genesys.open()
+    assert genesys.audio(3200) is None
+    genesys.send("close", {"reason": "end"}, position="PT0.4S")
+    assert genesys.audio(3200) is None
+    assert genesys.session.position == 3200
+    assert genesys.audio(3200) == Outcome(violation="audio frame ignored in state CLOSED")
+    assert genesys.session.position == 3200
+
+
+def test_audio_sent_before_paused_but_applied_after_it_is_kept() -> None:
+    genesys = Genesys()
+    genesys.open()
+    genesys.send("paused", position="PT0.2S")
+    assert genesys.audio(3200) is None
+    outcome = genesys.audio(3200)
+    assert outcome is not None and outcome.violation == "audio frame received while PAUSED"

@@ -77,6 +77,7 @@ class Session:
     probe: bool = False
     language: str | None = None
     position: int = 0  # samples per channel: received plus discarded by the client
+    client_position: int = 0  # samples per channel the client says it had streamed (its latest `position`)
     frames: int = 0
     audio_bytes: int = 0
     error_info: str | None = None
@@ -181,6 +182,9 @@ def receive(session: Session, message: ClientMessage | Violation, policy: Policy
         session.clientseq = message.seq
     if problem is not None:
         return protocol_error(session, problem)
+    if session.media is not None:
+        stated = round(message.position_seconds * session.media["rate"])
+        session.client_position = max(session.client_position, stated)
     return _dispatch(session, message, policy, now)
 
 
@@ -284,7 +288,7 @@ def receive_audio(session: Session, size: int) -> Outcome | None:
     no allocation on success.
     """
     media = session.media
-    if session.state is State.ACTIVE and media is not None:
+    if media is not None and (session.state is State.ACTIVE or _sent_before_last_message(session, media, size)):
         sample_frame = BYTES_PER_SAMPLE[media["format"]] * len(media["channels"])
         if size and size % sample_frame == 0:
             session.position += size // sample_frame
@@ -303,6 +307,18 @@ def receive_audio(session: Session, size: int) -> Outcome | None:
     if session.state is State.PREPARING:
         return protocol_error(session, "audio frame received before open")
     return protocol_error(session, f"audio frame received while {session.state.value}")
+
+
+def _sent_before_last_message(session: Session, media: dict[str, Any], size: int) -> bool:
+    """Late audio: the client streamed it before the message (paused, close) that changed state.
+
+    A front that runs invocations concurrently (API Gateway) may apply a frame after a later
+    message; the client's own ``position`` in that message says the frame belongs before it.
+    """
+    if session.state not in (State.PAUSED, State.CLOSING, State.CLOSED):
+        return False
+    samples = size // (BYTES_PER_SAMPLE[media["format"]] * len(media["channels"]))
+    return session.position + samples <= session.client_position
 
 
 def disconnect(session: Session, reason: str, info: str | None = None) -> Outcome:
