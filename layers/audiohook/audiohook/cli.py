@@ -42,7 +42,11 @@ async def _demo(stack: Any, out_dir: Path) -> None:
                         language_update=(1.0, "es-ES"))
     print(result.to_text())
     session_id = result.session_id
-    export = _export(stack.aws.client("kinesis"), stack.aws.resources.stream_name, session_id)
+    for _ in range(50):  # $disconnect and the last $default invocations may still be running
+        export = _export(stack.aws.client("kinesis"), stack.aws.resources.stream_name, session_id)
+        if any(record.event == "disconnected" for record in export.lifecycle):
+            break
+        await asyncio.sleep(0.1)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav_path = out_dir / f"{session_id}.wav"
     if export.audio is not None:
@@ -152,6 +156,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             keys = {aws.demo.api_key: aws.demo.client_secret} | json.loads(key_file.read_text())
             aws.client("secretsmanager").put_secret_value(SecretId=aws.resources.secret_arn,
                                                           SecretString=json.dumps(keys))
+            from aws_lambda_powertools.utilities import parameters
+
+            parameters.clear_caches()  # a key map cached by an earlier stack in this process is stale
         service = build_service()
         sent = _ReplayPoster()
         service.poster_for = lambda event: sent

@@ -38,6 +38,16 @@ class Settings:
     # Override of the @connections endpoint (local gateway); empty: https://<domainName>/<stage>.
     connections_endpoint: str = ""
     secrets_cache_s: int = 300
+    # Relay (audiohook.relay, the binary-capable front): listening port; how often buffered
+    # audio goes to Kinesis (at most 200 ms keeps records close to real time); the cap on
+    # audio held for Kinesis (reading pauses near it, frames beyond it become gap records);
+    # how long a SIGTERM lets sessions finish before they get `disconnect`.
+    relay_port: int = 8080
+    relay_flush_ms: int = 200
+    relay_max_buffer_bytes: int = 256 * 1024 * 1024
+    relay_drain_s: int = 60
+    # botocore reads AWS_ENDPOINT_URL itself; kept here so a change of it is a change of settings.
+    aws_endpoint_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -58,4 +68,9 @@ class Settings:
             session_ttl_s=_int(env, "SESSION_TTL_S", defaults.session_ttl_s),
             connections_endpoint=env.get("CONNECTIONS_ENDPOINT", defaults.connections_endpoint),
             secrets_cache_s=_int(env, "SECRETS_CACHE_S", defaults.secrets_cache_s),
+            relay_port=_int(env, "RELAY_PORT", defaults.relay_port),
+            relay_flush_ms=_int(env, "RELAY_FLUSH_MS", defaults.relay_flush_ms),
+            relay_max_buffer_bytes=_int(env, "RELAY_MAX_BUFFER_BYTES", defaults.relay_max_buffer_bytes),
+            relay_drain_s=_int(env, "RELAY_DRAIN_S", defaults.relay_drain_s),
+            aws_endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
         )

@@ -202,6 +202,36 @@ class DemoCredentials:
     client_secret: str
 
 
+def _atomic_moto_server(host: str, port: int) -> Any:
+    """moto's threaded server, serving one request at a time.
+
+    DynamoDB evaluates a ConditionExpression and applies the write atomically; moto does not
+    lock, so two concurrent requests could both pass the same condition and the sequencing
+    (docs/sequencing.md) would see a lost update that AWS never produces. Serialising whole
+    requests gives moto DynamoDB's per-request atomicity; handlers still run concurrently.
+    """
+    import threading
+
+    from moto.server import DomainDispatcherApplication, MotoRequestHandler, ThreadedMotoServer, create_backend_app
+    from werkzeug.serving import make_server
+
+    lock = threading.Lock()
+    app = DomainDispatcherApplication(create_backend_app)
+
+    def one_request_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with lock:
+            return list(app(environ, start_response))
+
+    class AtomicMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:  # the parent's, with the locking app
+            self._server = make_server(self._ip_address, self._port, one_request_at_a_time, True,
+                                       request_handler=MotoRequestHandler)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return AtomicMotoServer(ip_address=host, port=port, verbose=False)
+
+
 class EmbeddedAws:
     """moto's HTTP server (or any endpoint given) with the template's table, stream and secret."""
 
@@ -229,10 +259,8 @@ class EmbeddedAws:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Self:
         if self._endpoint_url is None and not self._in_process:
-            from moto.server import ThreadedMotoServer
-
             _quiet_access_log()
-            self._server = ThreadedMotoServer(ip_address=self._host, port=self._port, verbose=False)
+            self._server = _atomic_moto_server(self._host, self._port)
             self._server.start()
             host, port = self._server.get_host_and_port()
             self._endpoint_url = f"http://{host}:{port}"

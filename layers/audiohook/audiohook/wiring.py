@@ -66,18 +66,23 @@ def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]
     from aws_lambda_powertools import Logger
 
     logger = Logger(service="audiohook")
-    service: list[AudioHookService] = []
+    built: dict[Settings, AudioHookService] = {}
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        # Local fronts pass no Lambda context, so keys are added by hand, not by inject_lambda_context.
-        logger.append_keys(
+        # Local fronts pass no Lambda context and run routes in threads of one process, so keys
+        # are added per thread by hand, not by inject_lambda_context.
+        logger.thread_safe_append_keys(
             route=route, request_id=getattr(context, "aws_request_id", None),
             connection_id=event.get("requestContext", {}).get("connectionId"),
         )
         try:
-            if not service:
-                service.append(build_service())
-            return getattr(service[0], f"on_{route}")(event).response
+            # Built once per container; rebuilt only if the environment changed (a local stack
+            # restarted in the same process), never per invocation.
+            settings = Settings.from_env()
+            if settings not in built:
+                built.clear()
+                built[settings] = build_service(settings)
+            return getattr(built[settings], f"on_{route}")(event).response
         except Exception:
             # A route must answer: $connect refuses the upgrade, the others acknowledge.
             logger.exception("route failed", extra={"route": route})
