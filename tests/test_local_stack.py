@@ -103,7 +103,7 @@ def test_fifty_concurrent_sessions_complete_without_errors():
     async def scenario():
         async with LocalStack(TEMPLATE) as stack:
             return await run_calls(50, stack.url, stack.demo.api_key, stack.demo.client_secret,
-                                   audio=AudioSource.tone(440, 1.0, channels=2), ping_interval_s=0.4)
+                                   audio=AudioSource.tone(440, 0.6, channels=2), ping_interval_s=0.2)
 
     summary = run(scenario())
     assert summary.passed == 50, summary.to_text()

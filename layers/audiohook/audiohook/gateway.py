@@ -410,6 +410,7 @@ class LocalGateway:
         self._pending: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._audio_executor: ThreadPoolExecutor | None = None
         self._server: Server | None = None
         self._http: ThreadingHTTPServer | None = None
 
@@ -421,6 +422,8 @@ class LocalGateway:
             self._apply_env()
             self._handlers = self._route_handlers.load()
             self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="lambda")
+            # Few audio workers: more would only queue inside the embedded AWS, ahead of control calls.
+            self._audio_executor = ThreadPoolExecutor(4, thread_name_prefix="lambda-audio")
             self._server = await serve(
                 self._serve_connection, self._host, self._port,
                 process_request=self._on_upgrade, process_response=self._on_handshake_response,
@@ -451,6 +454,9 @@ class LocalGateway:
             await asyncio.to_thread(self._http.shutdown)
             self._http.server_close()
             self._http = None
+        if self._audio_executor is not None:
+            await asyncio.to_thread(self._audio_executor.shutdown, True)
+            self._audio_executor = None
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
             self._executor = None
@@ -505,7 +511,12 @@ class LocalGateway:
     async def _invoke(self, route: str, event: dict[str, Any]) -> Any:
         assert self._loop is not None and self._executor is not None
         context = LocalLambdaContext(function_name=route, timeout_s=self._handler_timeout_s)
-        return await self._loop.run_in_executor(self._executor, self._handlers[route], event, context)
+        # AWS starts every invocation at once; one process has a bounded pool, i.e. a queue.
+        # Audio frames get a pool of their own so control messages (ping, close) never wait
+        # behind an audio backlog, a queue AWS does not have.
+        executor = self._audio_executor if event.get("isBase64Encoded") else self._executor
+        assert executor is not None
+        return await self._loop.run_in_executor(executor, self._handlers[route], event, context)
 
     async def _invoke_message(self, connection: _Connection, event: dict[str, Any]) -> None:
         try:

@@ -222,10 +222,14 @@ def _atomic_moto_server(host: str, port: int) -> Any:
         with lock:
             return list(app(environ, start_response))
 
+    class KeepAlive(MotoRequestHandler):
+        # HTTP/1.0 (werkzeug's default) means a new TCP connection and server thread per call.
+        protocol_version = "HTTP/1.1"
+
     class AtomicMotoServer(ThreadedMotoServer):
-        def _server_entry(self) -> None:  # the parent's, with the locking app
+        def _server_entry(self) -> None:  # the parent's, with the locking app and keep-alive
             self._server = make_server(self._ip_address, self._port, one_request_at_a_time, True,
-                                       request_handler=MotoRequestHandler)
+                                       request_handler=KeepAlive)
             self._server_ready_event.set()
             self._server.serve_forever()
 

@@ -22,9 +22,11 @@ from .service import AudioHookService
 from .store import SessionStore
 from .stream import KinesisWriter
 
-_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
+_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5,
+                        max_pool_connections=64)
 # KinesisWriter and ConnectionPoster retry with their own backoff; botocore must not multiply it.
-_SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5)
+_SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5,
+                         max_pool_connections=64)
 
 
 def connections_endpoint(settings: Settings, event: APIGatewayWebSocketEvent) -> str:
