@@ -66,6 +66,15 @@ class Aws:
         return messages
 
 
+@pytest.fixture(autouse=True)
+def isolated_environment() -> Iterator[None]:
+    """Fronts set handler variables in os.environ (as Lambda does); no test sees another's."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
     for name, value in {

@@ -147,7 +147,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     folder = files[0].parent if files else Path("events")
     env_file = Path(args.env) if args.env else folder / "env.json"
     key_file = Path(args.api_keys) if args.api_keys else folder / "api-keys.json"
+    saved_environment = dict(os.environ)
     with EmbeddedAws(args.template) as aws:
+        # The handlers read their settings from the environment, as in Lambda.
         os.environ.update(aws.env())
         if env_file.exists():
             os.environ.update({k: v for k, v in _load_env_file(env_file).items()
@@ -181,6 +183,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("\nDynamoDB items:")
         for item in aws.client("dynamodb").scan(TableName=aws.resources.table_name)["Items"]:
             print("    " + json.dumps({k: next(iter(v.values())) for k, v in item.items() if k != "session"}))
+    os.environ.clear()
+    os.environ.update(saved_environment)
     return 0
 
 

@@ -47,7 +47,7 @@ LIFECYCLE_REQUEUE_FACTOR = 3
 class LatencyHistogram:
     """Delays in whole milliseconds up to ``limit_ms`` (beyond: counted in the last bucket)."""
 
-    __slots__ = ("_buckets", "count", "_limit")
+    __slots__ = ("_buckets", "_limit", "count")
 
     def __init__(self, limit_ms: int = 60_000) -> None:
         self._limit = limit_ms
@@ -129,7 +129,7 @@ class Gap:
 class SessionAudio:
     """One session's queue. ``key`` is the partition key (the session id, as the service uses it)."""
 
-    __slots__ = ("key", "encoder", "probe", "items", "tail", "gap", "inflight", "finished")
+    __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "probe", "tail")
 
     def __init__(self, key: str) -> None:
         self.key = key
