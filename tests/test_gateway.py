@@ -26,10 +26,10 @@ from audiohook.gateway import (
     LocalGateway,
     LocalStack,
     RouteHandlers,
-    request_time,
     stage_from_template,
     text_fragments,
 )
+from audiohook.apigw import request_time
 from audiohook.localaws import Template
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus

@@ -1,97 +1,124 @@
 """API Gateway WebSocket proxy events, built the way AWS builds them.
 
 The local gateway, the relay and the tests feed these to the very same route code the
-Lambdas run, so every front sees one event shape. Shapes follow AWS' documented
-``$connect`` / ``$default`` / ``$disconnect`` proxy events.
+Lambdas run, so every front sees one event shape: AWS' documented ``$connect`` /
+``$default`` / ``$disconnect`` proxy events, down to the ``X-Forwarded-*`` headers
+API Gateway adds on ``$connect`` and the sparse headers of ``$disconnect``.
 """
 
 from __future__ import annotations
 
 import base64
-import os
+import secrets
 import time
-import uuid
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qsl
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# The upgrade request's hop-by-hop headers are not part of API Gateway's $connect event.
+_HOP_BY_HOP = {"connection", "upgrade"}
 
 
-def new_connection_id() -> str:
-    """An id shaped like API Gateway's: 11 random bytes, base64 (``ITbAHeRmIAMCF3g=``-like)."""
-    return base64.b64encode(os.urandom(11)).decode()
+def aws_id() -> str:
+    """An id shaped like API Gateway's connection/request ids, e.g. ``BFHPhfCWIAMCKlQ=``."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(11)).decode()
 
 
-def _request_time(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%d/%b/%Y:%H:%M:%S +0000")
+def request_time(epoch_ms: int) -> str:
+    """API Gateway's ``requestTime``: ``24/Nov/2026:08:00:00 +0000`` (English months, any locale)."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return f"{moment.day:02d}/{_MONTHS[moment.month - 1]}/{moment.strftime('%Y:%H:%M:%S')} +0000"
 
 
+def _epoch_ms(now: float | None) -> int:
+    return time.time_ns() // 1_000_000 if now is None else int(now * 1000)
+
+
+@dataclass
 class Connection:
-    """One WebSocket connection as API Gateway describes it in every event it sends."""
+    """One WebSocket connection as API Gateway describes it in every event it sends.
 
-    def __init__(self, *, domain_name: str, stage: str, api_id: str = "local", source_ip: str = "127.0.0.1",
-                 user_agent: str = "", connection_id: str | None = None, connected_at: float | None = None):
-        self.connection_id = connection_id or new_connection_id()
-        self.domain_name = domain_name
-        self.stage = stage
-        self.api_id = api_id
-        self.source_ip = source_ip
-        self.user_agent = user_agent
-        self.connected_at_ms = int((connected_at if connected_at is not None else time.time()) * 1000)
+    ``now`` arguments are epoch seconds (default: the clock), so recorded sessions replay.
+    """
 
-    def _context(self, route_key: str, event_type: str, now: float, **extra: Any) -> dict[str, Any]:
+    domain_name: str
+    stage: str
+    api_id: str = "local"
+    source_ip: str = "127.0.0.1"
+    user_agent: str | None = None
+    connection_id: str = field(default_factory=aws_id)
+    connected_at_ms: int = field(default_factory=lambda: _epoch_ms(None))
+
+    def _context(self, route_key: str, event_type: str, epoch_ms: int, **extra: Any) -> dict[str, Any]:
+        request_id = aws_id()
+        identity: dict[str, Any] = {"sourceIp": self.source_ip}
+        if self.user_agent is not None:
+            identity["userAgent"] = self.user_agent
         return {
             "routeKey": route_key,
+            **extra,
             "eventType": event_type,
-            "extendedRequestId": uuid.uuid4().hex[:16] + "=",
-            "requestTime": _request_time(now),
+            "extendedRequestId": request_id,
+            "requestTime": request_time(epoch_ms),
             "messageDirection": "IN",
             "stage": self.stage,
             "connectedAt": self.connected_at_ms,
-            "requestTimeEpoch": int(now * 1000),
-            "identity": {"sourceIp": self.source_ip, "userAgent": self.user_agent},
-            "requestId": uuid.uuid4().hex[:16] + "=",
+            "requestTimeEpoch": epoch_ms,
+            "identity": identity,
+            "requestId": request_id,
             "domainName": self.domain_name,
             "connectionId": self.connection_id,
             "apiId": self.api_id,
-            **extra,
         }
 
-    def connect(self, headers: Iterable[tuple[str, str]] | Mapping[str, str], now: float | None = None,
-                query: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
+    def connect(self, headers: Iterable[tuple[str, str]] | Mapping[str, str], *, query: str = "",
+                forwarded_port: int = 443, forwarded_proto: str = "https",
+                now: float | None = None) -> dict[str, Any]:
+        """The ``$connect`` event of an upgrade request (headers as sent, in order)."""
         pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
-        single: dict[str, str] = {}
-        multi: dict[str, list[str]] = {}
-        for name, value in pairs:
-            single[name] = value if name not in single else f"{single[name]},{value}"
-            multi.setdefault(name, []).append(value)
-        event: dict[str, Any] = {
-            "headers": single,
-            "multiValueHeaders": multi,
-            "requestContext": self._context("$connect", "CONNECT", now),
-            "isBase64Encoded": False,
-        }
+        kept = [(name, value) for name, value in pairs if name.lower() not in _HOP_BY_HOP]
+        forwarded_for = [value for name, value in kept if name.lower() == "x-forwarded-for"]
+        kept = [(name, value) for name, value in kept if name.lower() != "x-forwarded-for"]
+        kept += [
+            ("X-Amzn-Trace-Id", f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}"),
+            ("X-Forwarded-For", ", ".join(forwarded_for + [self.source_ip])),
+            ("X-Forwarded-Port", str(forwarded_port)),
+            ("X-Forwarded-Proto", forwarded_proto),
+        ]
+        event: dict[str, Any] = {"headers": {}, "multiValueHeaders": {}}
+        for name, value in kept:
+            event["headers"][name] = value
+            event["multiValueHeaders"].setdefault(name, []).append(value)
         if query:
-            event["queryStringParameters"] = {name: values[-1] for name, values in query.items()}
-            event["multiValueQueryStringParameters"] = {name: list(values) for name, values in query.items()}
+            query_pairs = parse_qsl(query, keep_blank_values=True)
+            event["queryStringParameters"] = dict(query_pairs)
+            event["multiValueQueryStringParameters"] = {}
+            for name, value in query_pairs:
+                event["multiValueQueryStringParameters"].setdefault(name, []).append(value)
+        epoch_ms = _epoch_ms(now) if now is not None else self.connected_at_ms
+        event["requestContext"] = self._context("$connect", "CONNECT", epoch_ms)
+        event["isBase64Encoded"] = False
         return event
 
-    def message(self, data: str | bytes, now: float | None = None) -> dict[str, Any]:
-        """A ``$default`` event: text as is, binary as base64 with ``isBase64Encoded``."""
-        now = time.time() if now is None else now
-        binary = isinstance(data, (bytes, bytearray, memoryview))
+    def message(self, data: str | bytes | bytearray | memoryview, now: float | None = None) -> dict[str, Any]:
+        """The ``$default`` event of one message; binary data travels base64-encoded."""
+        binary = not isinstance(data, str)
         return {
-            "requestContext": self._context("$default", "MESSAGE", now, messageId=uuid.uuid4().hex[:16] + "="),
+            "requestContext": self._context("$default", "MESSAGE", _epoch_ms(now), messageId=aws_id()),
             "body": base64.b64encode(data).decode() if binary else data,
             "isBase64Encoded": binary,
         }
 
     def disconnect(self, status_code: int, reason: str, now: float | None = None) -> dict[str, Any]:
-        now = time.time() if now is None else now
+        """The ``$disconnect`` event; its odd fixed headers are what API Gateway sends."""
+        headers = {"Host": self.domain_name, "x-api-key": "", "X-Forwarded-For": "", "x-restapi": ""}
+        context = self._context("$disconnect", "DISCONNECT", _epoch_ms(now))
+        context = {"disconnectStatusCode": status_code, "disconnectReason": reason, **context}
         return {
-            "headers": {"Host": self.domain_name},
-            "multiValueHeaders": {"Host": [self.domain_name]},
-            "requestContext": self._context(
-                "$disconnect", "DISCONNECT", now, disconnectStatusCode=status_code, disconnectReason=reason,
-            ),
+            "headers": headers,
+            "multiValueHeaders": {name: [value] for name, value in headers.items()},
+            "requestContext": context,
             "isBase64Encoded": False,
         }

@@ -39,7 +39,6 @@ emulator's own.
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib
 import json
 import logging
@@ -59,7 +58,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -67,6 +66,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from .apigw import Connection, aws_id
 from .localaws import (
     DEFAULT_STACK_NAME,
     FUNCTION_TYPES,
@@ -84,9 +84,6 @@ _T = TypeVar("_T")
 
 KB = 1024
 _ROUTE_KEYS = {"connect": "$connect", "message": "$default", "disconnect": "$disconnect"}
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-# The upgrade request's hop-by-hop headers are not part of API Gateway's $connect event.
-_HOP_BY_HOP = {"connection", "upgrade"}
 # Headers of the 101 response that a $connect handler must not override.
 _HANDSHAKE_HEADERS = {"connection", "upgrade", "sec-websocket-accept", "sec-websocket-extensions",
                       "content-length", "content-type"}
@@ -226,33 +223,15 @@ class LocalLambdaContext:
         return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
 
 
-# ---------------------------------------------------------------------------- events
-def aws_id() -> str:
-    """An id shaped like API Gateway's connection/request ids, e.g. ``BFHPhfCWIAMCKlQ=``."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(11)).decode()
-
-
-def request_time(epoch_ms: int) -> str:
-    """API Gateway's ``requestTime``: ``24/Nov/2026:08:00:00 +0000`` (English months, any locale)."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return f"{moment.day:02d}/{_MONTHS[moment.month - 1]}/{moment.strftime('%Y:%H:%M:%S')} +0000"
-
-
+# ---------------------------------------------------------------------------- connections
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 @dataclass
-class _Connection:
-    """One accepted (or being accepted) WebSocket connection, as API Gateway tracks it."""
+class _Connection(Connection):
+    """One accepted (or being accepted) WebSocket connection: API Gateway's view plus ours."""
 
-    connection_id: str
-    stage: str
-    api_id: str
-    domain_name: str
-    source_ip: str
-    user_agent: str | None
-    connected_at_ms: int = field(default_factory=_now_ms)
     last_active_ms: int = field(default_factory=_now_ms)
     last_active: float = field(default_factory=time.monotonic)
     opened: float = field(default_factory=time.monotonic)
@@ -266,76 +245,6 @@ class _Connection:
     def touch(self) -> None:
         self.last_active = time.monotonic()
         self.last_active_ms = _now_ms()
-
-    def request_context(self, route_key: str, event_type: str, epoch_ms: int) -> dict[str, Any]:
-        request_id = aws_id()
-        identity: dict[str, Any] = {"sourceIp": self.source_ip}
-        if self.user_agent is not None:
-            identity["userAgent"] = self.user_agent
-        return {
-            "routeKey": route_key,
-            "eventType": event_type,
-            "extendedRequestId": request_id,
-            "requestTime": request_time(epoch_ms),
-            "messageDirection": "IN",
-            "stage": self.stage,
-            "connectedAt": self.connected_at_ms,
-            "requestTimeEpoch": epoch_ms,
-            "identity": identity,
-            "requestId": request_id,
-            "domainName": self.domain_name,
-            "connectionId": self.connection_id,
-            "apiId": self.api_id,
-        }
-
-
-def connect_event(connection: _Connection, headers: list[tuple[str, str]], query: str,
-                  forwarded_port: int) -> dict[str, Any]:
-    """The ``$connect`` event of an upgrade request (headers as sent, in order)."""
-    kept = [(name, value) for name, value in headers if name.lower() not in _HOP_BY_HOP]
-    forwarded_for = [value for name, value in kept if name.lower() == "x-forwarded-for"]
-    kept = [(name, value) for name, value in kept if name.lower() != "x-forwarded-for"]
-    kept += [
-        ("X-Amzn-Trace-Id", f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}"),
-        ("X-Forwarded-For", ", ".join(forwarded_for + [connection.source_ip])),
-        ("X-Forwarded-Port", str(forwarded_port)),
-        ("X-Forwarded-Proto", "http"),
-    ]
-    event: dict[str, Any] = {"headers": {}, "multiValueHeaders": {}}
-    for name, value in kept:
-        event["headers"][name] = value
-        event["multiValueHeaders"].setdefault(name, []).append(value)
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        event["queryStringParameters"] = dict(pairs)
-        event["multiValueQueryStringParameters"] = {}
-        for name, value in pairs:
-            event["multiValueQueryStringParameters"].setdefault(name, []).append(value)
-    event["requestContext"] = connection.request_context("$connect", "CONNECT", connection.connected_at_ms)
-    event["isBase64Encoded"] = False
-    return event
-
-
-def message_event(connection: _Connection, data: str | bytes) -> dict[str, Any]:
-    """The ``$default`` event of one message; binary data travels base64-encoded."""
-    context = connection.request_context("$default", "MESSAGE", _now_ms())
-    context = {"routeKey": context.pop("routeKey"), "messageId": aws_id(), **context}
-    binary = isinstance(data, bytes)
-    body = base64.b64encode(data).decode() if isinstance(data, bytes) else data
-    return {"requestContext": context, "body": body, "isBase64Encoded": binary}
-
-
-def disconnect_event(connection: _Connection, status_code: int, reason: str) -> dict[str, Any]:
-    """The ``$disconnect`` event; its odd fixed headers are what API Gateway sends."""
-    headers = {"Host": connection.domain_name, "x-api-key": "", "X-Forwarded-For": "", "x-restapi": ""}
-    context = connection.request_context("$disconnect", "DISCONNECT", _now_ms())
-    context = {"disconnectStatusCode": status_code, "disconnectReason": reason, **context}
-    return {
-        "headers": headers,
-        "multiValueHeaders": {name: [value] for name, value in headers.items()},
-        "requestContext": context,
-        "isBase64Encoded": False,
-    }
 
 
 def disconnect_status(connection: _Connection) -> tuple[int, str]:
@@ -559,7 +468,8 @@ class LocalGateway:
             domain_name=request.headers.get("Host", f"{self._host}:{self.port}"),
             source_ip=source_ip, user_agent=request.headers.get("User-Agent"),
         )
-        event = connect_event(connection, list(request.headers.raw_items()), query, self.port)
+        event = connection.connect(list(request.headers.raw_items()), query=query, forwarded_port=self.port,
+                                   forwarded_proto="http")
         try:
             result = await self._invoke("connect", event)
         except Exception:
@@ -626,7 +536,7 @@ class LocalGateway:
             if isinstance(data, bytes) and self.binary == "aws":
                 await self._close(connection, CloseCode.UNSUPPORTED_DATA, "Binary frames are not supported")
                 return
-            self._dispatch(connection, message_event(connection, data))
+            self._dispatch(connection, connection.message(data))
 
     async def _close(self, connection: _Connection, code: int, reason: str) -> None:
         if connection.server_close is None:
@@ -640,7 +550,7 @@ class LocalGateway:
             await connection.worker
         status, reason = disconnect_status(connection)
         try:
-            await self._invoke("disconnect", disconnect_event(connection, int(status), reason))
+            await self._invoke("disconnect", connection.disconnect(int(status), reason))
         except Exception:
             logger.exception("$disconnect handler failed (connection %s)", connection.connection_id)
 

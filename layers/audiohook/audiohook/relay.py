@@ -54,7 +54,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Self, TypeVar
-from urllib.parse import parse_qs
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
@@ -456,7 +455,7 @@ class Relay:
         )
         event = connection.connect(
             list(request.headers.raw_items()),
-            query=parse_qs(query, keep_blank_values=True) if query else None,
+            query=query,
         )
         try:
             result: RouteResult = await self._call(self.service.on_connect, event)
