@@ -61,13 +61,13 @@ class Ledger:
 
 def measure_routes(rounds: int) -> list[tuple[str, float, str]]:
     import boto3
-    from conftest import API_KEY, CLIENT_SECRET, Client, embedded_aws, open_parameters
     from moto import mock_aws
 
     from audiohook.poster import ConnectionPoster
     from audiohook.service import AudioHookService
     from audiohook.store import SessionStore
     from audiohook.stream import KinesisWriter
+    from conftest import API_KEY, CLIENT_SECRET, Client, embedded_aws, open_parameters
 
     ledger = Ledger()
     rows: dict[str, list[tuple[float, dict[str, int]]]] = {}

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from audiohook.auth import verify_upgrade
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from audiohook.auth import verify_upgrade
 
 API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
 CLIENT_SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="

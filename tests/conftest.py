@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from audiohook import auth  # noqa: E402
 from audiohook.apigw import Connection  # noqa: E402
 from audiohook.config import Settings  # noqa: E402
-from audiohook.service import AudioHookService
+from audiohook.service import AudioHookService  # noqa: E402
 from audiohook.stream import read_stream  # noqa: E402
 from audiohook.wiring import build_service, poster_for_endpoint  # noqa: E402
 

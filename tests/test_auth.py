@@ -9,6 +9,8 @@ from typing import Any
 
 import http_sf
 import pytest
+from http_sf.types import ParamsType
+
 from audiohook.auth import (
     BAD_SIGNATURE_REASON,
     AuthResult,
@@ -20,7 +22,6 @@ from audiohook.auth import (
     verify_message_signature,
     verify_upgrade,
 )
-from http_sf.types import ParamsType
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 VECTORS = json.loads((FIXTURES / "signature-vectors.json").read_text())["valid"]

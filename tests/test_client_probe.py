@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import brokenservers as servers
 import pytest
+
+import brokenservers as servers
 from audiohook.client import (
     GENESYS_OFFERS,
     CallReport,

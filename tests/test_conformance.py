@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from audiohook.conformance import Finding, ServerFrameChecker, check_transcript
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"

@@ -20,6 +20,10 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from audiohook.apigw import request_time
 from audiohook.gateway import (
     GatewayLimits,
     HandlerRef,
@@ -29,10 +33,7 @@ from audiohook.gateway import (
     stage_from_template,
     text_fragments,
 )
-from audiohook.apigw import request_time
 from audiohook.localaws import Template
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import websockets
-from conftest import REPO
 
 from audiohook.cli import main as cli
 from audiohook.client import call, probe, run_calls
@@ -18,6 +17,7 @@ from audiohook.export import rebuild_session
 from audiohook.gateway import LocalStack
 from audiohook.stream import read_stream
 from audiohook.wav import Audio, AudioSource, mulaw_decode, mulaw_encode, write_wav
+from conftest import REPO
 
 TEMPLATE = REPO / "template.yaml"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from audiohook.localaws import (
     DEMO_API_KEY,
     DEMO_CLIENT_SECRET,

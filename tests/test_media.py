@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from audiohook.config import Settings
 from audiohook.media import FrameGeometry, Preference, parse_preference, select_media
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from audiohook.protocol import (
     MAX_TEXT_BYTES,
     NULL_UUID,

@@ -7,6 +7,7 @@ import struct
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from audiohook.records import (
     AUDIO_HEADER_BYTES,
     AUDIO_MAGIC,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
+
 from audiohook.records import AudioRecord, LifecycleRecord, decode_record
 from audiohook.stream import KinesisWriter
-from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
 from conftest import API_KEY, DOMAIN, STAGE, Client, open_parameters
 from faults import Faults, fail_calls
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import time
-
-from conftest import FIXTURES, Client, load_jsonl, open_parameters
-
 from audiohook.records import AudioRecord, LifecycleRecord, decode_record
+from conftest import Client, load_jsonl, open_parameters
 
 
 def test_probe_exchange_answered_like_the_fixture(aws, service):

@@ -8,12 +8,11 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from conftest import API_KEY, CLIENT_SECRET, Client, open_parameters
-
 from audiohook.poster import ConnectionPoster
 from audiohook.service import AudioHookService
 from audiohook.store import SessionStore
 from audiohook.stream import KinesisWriter
+from conftest import API_KEY, CLIENT_SECRET, Client, open_parameters
 
 
 class AtomicCalls:

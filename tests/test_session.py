@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from audiohook.config import Settings
 from audiohook.media import parse_preference
 from audiohook.protocol import NULL_UUID

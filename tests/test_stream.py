@@ -12,6 +12,9 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
+from moto import mock_aws
+
 from audiohook import stream
 from audiohook.stream import (
     INVALID_PARTITION_KEY,
@@ -22,9 +25,7 @@ from audiohook.stream import (
     PutOutcome,
     UndeliveredEntry,
 )
-from botocore.config import Config
 from faults import Faults, Sleeps
-from moto import mock_aws
 
 STREAM = "audiohook-audio"
 SESSION_A = "e160e428-53e2-487c-977d-96989bf5c99d"

@@ -8,6 +8,7 @@ from array import array
 from pathlib import Path
 
 import pytest
+
 from audiohook.wav import (
     MULAW_DECODE,
     MULAW_ENCODE,

@@ -139,8 +139,8 @@ def _load_env_file(path: Path) -> dict[str, str]:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .localaws import EmbeddedAws
-    from .stream import read_stream
     from .records import decode_record
+    from .stream import read_stream
     from .wiring import build_service
 
     files = [Path(name) for name in args.events]
