@@ -195,17 +195,39 @@ def http_json(url: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- load: Genesys-like clients
-def client_process(url: str, count: int, t0: float, seconds: float, results: Any) -> None:
+def client_process(url: str, count: int, seconds: float, start: Any, results: Any) -> None:
     pin(LOAD_CPU)
     raise_fd_limit()
     try:
-        results.put(asyncio.run(_clients(url, count, t0, seconds)))
+        results.put(asyncio.run(_clients(url, count, seconds, start)))
     except Exception as error:  # pragma: no cover - reported by the parent
         results.put({"error": repr(error)})
 
 
-async def _clients(url: str, count: int, t0: float, seconds: float) -> dict[str, Any]:
-    from websockets.asyncio.client import connect
+class StartLine:
+    """Every client process opens its sessions, says so, then all stream from one ``t0``."""
+
+    def __init__(self, processes: int) -> None:
+        self.ready = multiprocessing.Queue()
+        self.go = multiprocessing.Event()
+        self.t0 = multiprocessing.Value("d", 0.0)
+        self.processes = processes
+
+    def release(self, lead_s: float = 1.0, timeout_s: float = 600) -> float:
+        for _ in range(self.processes):
+            self.ready.get(timeout=timeout_s)
+        self.t0.value = time.time() + lead_s
+        self.go.set()
+        return float(self.t0.value)
+
+
+async def _clients(url: str, count: int, seconds: float, start: StartLine) -> dict[str, Any]:
+    """Open ``count`` sessions, wait for the start line, stream for ``seconds``, close.
+
+    Send lag (how late a frame left against its real-time schedule) is measured in the
+    steady state only: from 2 s after the start to 1 s before the end.
+    """
+    from websockets.asyncio.client import ClientConnection, connect
 
     from audiohook.client import upgrade_headers
 
@@ -213,29 +235,31 @@ async def _clients(url: str, count: int, t0: float, seconds: float) -> dict[str,
     gate = asyncio.Semaphore(64)
     lags: list[float] = []
     failures: list[str] = []
+    loop = asyncio.get_running_loop()
 
-    async def one(index: int) -> int:
+    def message(session_id: str, kind: str, seq: int, serverseq: int, parameters: dict[str, Any]) -> str:
+        return json.dumps({"version": "2", "id": session_id, "type": kind, "seq": seq, "serverseq": serverseq,
+                           "position": "PT0S", "parameters": parameters})
+
+    async def open_one() -> tuple[ClientConnection, str]:
         session_id = str(uuid.uuid4())
-
-        def message(kind: str, seq: int, serverseq: int, parameters: dict[str, Any]) -> str:
-            return json.dumps({"version": "2", "id": session_id, "type": kind, "seq": seq, "serverseq": serverseq,
-                               "position": "PT0S", "parameters": parameters})
-
         async with gate:
             headers = upgrade_headers(url, API_KEY, CLIENT_SECRET, organization_id=ORG_ID, session_id=session_id,
                                       correlation_id=str(uuid.uuid4()), now=time.time())
             ws = await connect(url, additional_headers=headers, compression=None, ping_interval=None,
-                               open_timeout=60, max_size=None)
-            await ws.send(message("open", 1, 0, {
+                               open_timeout=120, max_size=None)
+            await ws.send(message(session_id, "open", 1, 0, {
                 "organizationId": ORG_ID, "conversationId": str(uuid.uuid4()),
                 "participant": {"id": str(uuid.uuid4()), "ani": "", "aniName": "", "dnis": ""},
                 "media": [{"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}],
                 "language": None}))
-            opened = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            opened = json.loads(await asyncio.wait_for(ws.recv(), 60))
             if opened["type"] != "opened":
-                failures.append(f"open answered {opened['type']}")
-                await ws.close()
-                return 0
+                raise RuntimeError(f"open answered {opened['type']}")
+        return ws, session_id
+
+    async def stream(ws: ClientConnection, session_id: str, index: int, t0: float) -> int:
+        window = (t0 + 2.0, t0 + seconds - 1.0)
         sent = 0
         due = t0 + FRAME_S * index / count  # spread the sessions over the 200 ms period
         end = t0 + seconds
@@ -243,18 +267,26 @@ async def _clients(url: str, count: int, t0: float, seconds: float) -> dict[str,
             wait = due - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            lags.append(time.time() - due)
+            if window[0] <= due <= window[1]:
+                lags.append(time.time() - due)
             await ws.send(frame)
             sent += 1
             due += FRAME_S
-        await ws.send(message("close", 2, 1, {"reason": "end"}))
-        closed = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        await ws.send(message(session_id, "close", 2, 1, {"reason": "end"}))
+        closed = json.loads(await asyncio.wait_for(ws.recv(), 60))
         if closed["type"] != "closed":
             failures.append(f"close answered {closed['type']}")
         await ws.close()
         return sent
 
-    outcomes = await asyncio.gather(*(one(index) for index in range(count)), return_exceptions=True)
+    opened = await asyncio.gather(*(open_one() for _ in range(count)), return_exceptions=True)
+    sockets = [o for o in opened if not isinstance(o, BaseException)]
+    failures += [repr(o) for o in opened if isinstance(o, BaseException)]
+    await loop.run_in_executor(None, start.ready.put, len(sockets))
+    await loop.run_in_executor(None, start.go.wait)
+    t0 = float(start.t0.value)
+    outcomes = await asyncio.gather(*(stream(ws, session_id, index, t0)
+                                      for index, (ws, session_id) in enumerate(sockets)), return_exceptions=True)
     frames = sum(o for o in outcomes if isinstance(o, int))
     failures += [repr(o) for o in outcomes if isinstance(o, BaseException)]
     return {"frames": frames, "sessions": sum(1 for o in outcomes if isinstance(o, int) and o),
@@ -301,22 +333,24 @@ def run_step(sessions: int, seconds: float, stub_url: str) -> dict[str, Any]:
     metrics_url = f"http://127.0.0.1:{port}/metrics"
     try:
         processes = math.ceil(sessions / SESSIONS_PER_CLIENT_PROCESS)
-        ramp_s = 3 + sessions / 400  # time to open every session before the common start
-        t0 = time.time() + ramp_s
+        start = StartLine(processes)
         results: Any = multiprocessing.Queue()
         workers = []
         for k in range(processes):
             share = sessions // processes + (k < sessions % processes)
             worker = multiprocessing.Process(target=client_process,
-                                             args=(f"ws://127.0.0.1:{port}/", share, t0, seconds, results))
+                                             args=(f"ws://127.0.0.1:{port}/", share, seconds, start, results))
             worker.start()
             workers.append(worker)
-        window = (t0 + 2.0, t0 + seconds - 1.0)
+        opening = time.time()
+        t0 = start.release()
+        open_s = t0 - 1.0 - opening
+        window = (t0 + 2.0, t0 + seconds - 1.0)  # steady state: every session is streaming
         time.sleep(max(0.0, window[0] - time.time()))
         cpu0, m0, w0 = cpu_seconds(relay.pid), http_json(metrics_url), time.time()
         time.sleep(max(0.0, window[1] - time.time()))
         cpu1, m1, w1 = cpu_seconds(relay.pid), http_json(metrics_url), time.time()
-        loads = [results.get(timeout=seconds + ramp_s + 120) for _ in workers]
+        loads = [results.get(timeout=seconds + 180) for _ in workers]
         for worker in workers:
             worker.join(30)
         deadline = time.time() + 60
@@ -354,6 +388,7 @@ def run_step(sessions: int, seconds: float, stub_url: str) -> dict[str, Any]:
         "kinesis_records_per_audio_min": stub["records"] / audio_minutes if audio_minutes else 0,
         "dynamodb_calls_per_session": dynamodb / sessions,
         "relay_exit_code": exit_code,
+        "open_s": open_s,
         "load_saturated": lag_p99 > LAG_BOUND_S and busy < CPU_BOUND,
         "passed": zero_loss and busy < CPU_BOUND and lag_p99 <= LAG_BOUND_S and exit_code == 0,
     }
@@ -376,7 +411,7 @@ def hot_path_us_per_frame(frames: int = 200_000) -> dict[str, float]:
         pairs.append((session, audio))
     frame = bytes(FRAME_BYTES)
     started = time.process_time()
-    for tick in range(frames // sessions):
+    for _ in range(frames // sessions):
         for session, audio in pairs:
             start = session.position
             receive_audio(session, FRAME_BYTES)
@@ -394,12 +429,11 @@ def lambda_path_calls(frames: int = 300) -> dict[str, float]:
     from moto import mock_aws
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    from audiohook.stream import KinesisWriter
+    from audiohook.wiring import build_service
     from conftest import API_KEY as TEST_KEY
     from conftest import CLIENT_SECRET as TEST_SECRET
     from conftest import Client, embedded_aws, open_parameters
-
-    from audiohook.stream import KinesisWriter
-    from audiohook.wiring import build_service
 
     class CountingKinesis:
         def __init__(self, client: Any) -> None:

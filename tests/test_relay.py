@@ -21,6 +21,10 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
+from botocore.config import Config
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
 from audiohook.client import GENESYS_USER_AGENT, call, probe, upgrade_headers
 from audiohook.export import rebuild_session
 from audiohook.records import AUDIO_MAGIC, AudioRecord, LifecycleRecord, decode_record
@@ -29,11 +33,8 @@ from audiohook.service import AudioHookService
 from audiohook.stream import KinesisWriter
 from audiohook.wav import Audio, AudioSource, mulaw_decode
 from audiohook.wiring import build_service, poster_for_endpoint
-from botocore.config import Config
 from conftest import API_KEY, CLIENT_SECRET, ORG_ID, REGION, REPO, Aws, Client, load_jsonl, open_parameters
 from faults import Faults
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 T = TypeVar("T")
 CALL_IDS = ("4c3d4d4e-8f5a-4f43-9b0c-1a2b3c4d5e6f", "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")

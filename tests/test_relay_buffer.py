@@ -107,6 +107,25 @@ def test_batches_respect_the_record_and_byte_limits() -> None:
     assert sizes == [3, 2]
 
 
+def test_a_run_left_out_of_a_full_batch_takes_no_more_frames() -> None:
+    # Session B's run is encoded but does not fit; frames arriving later must not join it.
+    audio_buffer = buffer(max_records=1)
+    first, second = session(audio_buffer, SESSION_A), session(audio_buffer, SESSION_B)
+    feed(audio_buffer, first, 1)
+    feed(audio_buffer, second, 1)
+    sent = []
+    while (batch := audio_buffer.take_batch()) is not None:
+        sent.extend(decoded(batch.entries))
+        feed(audio_buffer, second, 1, first=len(sent))  # keeps streaming meanwhile
+        audio_buffer.settle(batch, {}, now=0.1)
+        if len(sent) > 10:
+            break
+    frames_b = [r for r in sent if isinstance(r, AudioRecord) and r.session_id == SESSION_B]
+    positions = [r.position for r in frames_b]
+    assert positions == [SAMPLES * n for n in range(len(frames_b))]  # no hole: nothing lost
+    assert sum(r.frame_count for r in frames_b) == audio_buffer.counters.frames_delivered - 1
+
+
 def test_frames_arriving_while_a_session_is_in_flight_wait_for_the_next_batch() -> None:
     audio_buffer = buffer()
     audio = session(audio_buffer)

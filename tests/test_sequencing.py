@@ -138,3 +138,18 @@ def test_old_seq_with_different_content_is_a_protocol_error(aws, service):
     assert aws.posted(client.connection.connection_id)[-1]["parameters"] == {
         "reason": "error", "info": "ping.seq is 1 but the previous client seq was 1; expected 2",
     }
+
+
+def test_decide_reads_like_the_sequencing_rules():
+    from audiohook.sequencing import Action, decide, digest
+
+    d = digest("text")
+    base = dict(text_digest=d, clientseq=4, seq_sent=4, delivered=4, recent={"4": d}, budget_left=True)
+    assert decide(seq=5, **base) is Action.APPLY  # next in line, everything delivered
+    assert decide(seq=4, **base) is Action.DUPLICATE  # same seq, same text
+    assert decide(seq=4, **base | {"recent": {"4": "other"}}) is Action.APPLY  # old seq, new text: core errors
+    assert decide(seq=7, **base) is Action.WAIT  # predecessor missing
+    assert decide(seq=5, **base | {"delivered": 3}) is Action.WAIT  # earlier replies still being posted
+    assert decide(seq=7, **base | {"budget_left": False}) is Action.APPLY  # a real gap: the core answers it
+    assert decide(seq=7, **base | {"numbering_over": True}) is Action.APPLY  # after an error only close matters
+    assert decide(seq=None, **base) is Action.APPLY  # unreadable: the core answers at once

@@ -98,6 +98,12 @@ class CachedSessionStore(SessionStore):
         self._inner = inner
         self._cache: dict[str, StoredSession] = {}
 
+    def __getattr__(self, name: str) -> Any:
+        # Anything not overridden here (a store method added later) runs on the wrapped store.
+        if name in ("_inner", "_cache"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
     @property  # type: ignore[override]
     def calls(self) -> int:
         return self._inner.calls
@@ -762,9 +768,11 @@ def build_relay_service(settings: Settings) -> AudioHookService:
 
     dynamodb = client("dynamodb", Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2,
                                          read_timeout=5, max_pool_connections=64))
-    # The Kinesis writer retries with its own backoff; botocore must not multiply it.
+    # The Kinesis writer retries with its own backoff; botocore must not multiply it. Its
+    # entries are well-formed by construction: botocore's validation of every record of
+    # every PutRecords call would only cost CPU.
     kinesis = client("kinesis", Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=10,
-                                       max_pool_connections=16))
+                                       max_pool_connections=16, parameter_validation=False))
     return build_service(settings, dynamodb=dynamodb, kinesis=kinesis)
 
 

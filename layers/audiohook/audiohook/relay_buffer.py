@@ -315,12 +315,12 @@ class AudioBuffer:
                 assert isinstance(item, AudioRun) and audio.encoder is not None
                 data = item.data = audio.encoder.encode(item.start, item.frames, item.frame_count)
                 item.frames = []  # the record holds the bytes now
+                if item is audio.tail:
+                    audio.tail = None  # sealed: later frames start a new run, even if this one waits
             size = len(data) + key_bytes
             if len(batch.entries) >= self._max_records or batch.nbytes + size > self._max_call_bytes:
                 break
             items.popleft()
-            if item is audio.tail:
-                audio.tail = None
             batch.entries.append((key, data))
             batch.parts.append((audio, item))
             batch.nbytes += size

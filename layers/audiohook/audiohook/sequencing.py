@@ -35,14 +35,18 @@ def digest(text: str | bytes) -> str:
 
 def decide(
     *, seq: int | None, text_digest: str, clientseq: int, seq_sent: int, delivered: int,
-    recent: dict[str, str], budget_left: bool,
+    recent: dict[str, str], budget_left: bool, numbering_over: bool = False,
 ) -> Action:
-    """``seq`` is the message's seq when it could be read (None: unreadable, apply at once)."""
+    """``seq`` is the message's seq when it could be read (None: unreadable, apply at once).
+
+    ``numbering_over``: the session already ended in a protocol error; only its close is
+    still answered, whatever its seq, so there is no predecessor worth waiting for.
+    """
     if seq is not None and seq <= clientseq:
         if recent.get(str(seq)) == text_digest:
             return Action.DUPLICATE
         return Action.APPLY  # a different message reusing an old seq: the core reports it
-    if not budget_left:
+    if not budget_left or numbering_over:
         return Action.APPLY
     if seq is not None and seq > clientseq + 1:
         return Action.WAIT

@@ -22,7 +22,7 @@ from .config import Settings
 from .media import parse_preference
 from .protocol import ClientMessage, Violation, parse_client_message
 from .records import AudioRecord, AudioRecordEncoder, decode_record, encode_lifecycle_record, gap_data
-from .session import Outcome, Policy, Session, finish, receive, receive_audio
+from .session import Outcome, Policy, Session, State, finish, receive, receive_audio
 from .store import SessionStore, StoredSession
 from .stream import PutOutcome
 
@@ -139,6 +139,7 @@ class AudioHookService:
                 seq=seq, text_digest=text_digest, clientseq=stored.session.clientseq,
                 seq_sent=stored.session.seq, delivered=stored.delivered, recent=stored.recent,
                 budget_left=self.clock() < deadline,
+                numbering_over=stored.session.state in (State.ERROR, State.UNAUTHORIZED),
             )
             if action is sequencing.Action.DUPLICATE:
                 logger.info("duplicate message ignored", extra=self._log(stored) | {"seq": seq})
