@@ -179,7 +179,10 @@ class AudioHookService:
         """Post the replies (in seq order), mark them delivered, emit the lifecycle records."""
         result = RouteResult(OK, stored.session, outcome)
         if outcome.violation:
-            logger.warning("protocol error", extra=self._log(stored) | {"info": outcome.violation})
+            # With a reply it is the session's one protocol error; without, input after the end.
+            log = logger.warning if outcome.replies else logger.info
+            log("protocol error" if outcome.replies else "input ignored",
+                extra=self._log(stored) | {"info": outcome.violation})
         if outcome.replies:
             try:
                 delivered = self.poster_for(event).post_all(
