@@ -89,15 +89,12 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 def embedded_aws(key_map: dict[str, str]) -> Aws:
     """The template's own table, stream and secret, created in moto (``mock_aws`` must be active)."""
-    from aws_lambda_powertools.utilities import parameters
-
     from audiohook.localaws import EmbeddedAws
 
     embedded = EmbeddedAws(REPO / "template.yaml", in_process=True).start()
     embedded.client("secretsmanager").put_secret_value(
         SecretId=embedded.resources.secret_arn, SecretString=json.dumps(key_map)
     )
-    parameters.clear_caches()
     settings = replace(Settings.from_env(embedded.env()), predecessor_wait_ms=2000)
     return Aws(
         settings,

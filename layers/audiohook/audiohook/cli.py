@@ -158,9 +158,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
             keys = {aws.demo.api_key: aws.demo.client_secret} | json.loads(key_file.read_text())
             aws.client("secretsmanager").put_secret_value(SecretId=aws.resources.secret_arn,
                                                           SecretString=json.dumps(keys))
-            from aws_lambda_powertools.utilities import parameters
-
-            parameters.clear_caches()  # a key map cached by an earlier stack in this process is stale
         service = build_service()
         sent = _ReplayPoster()
         service.poster_for = lambda event: sent

@@ -1,13 +1,13 @@
 """API key -> client secret map, kept in Secrets Manager as one JSON object.
 
 ``{"<api key>": "<base64 client secret>", ...}``; an empty secret allows unsigned
-upgrades for that key. Fetched with powertools parameters, cached for ``max_age`` seconds
-so a warm Lambda does not call Secrets Manager on every ``$connect``.
+upgrades for that key. Fetched with a powertools SecretsProvider, cached for ``max_age``
+seconds so a warm Lambda does not call Secrets Manager on every ``$connect``.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 
 class KeyMapError(ValueError):
@@ -22,7 +22,20 @@ def parse_key_map(value: object) -> dict[str, str]:
     return dict(value)
 
 
-def fetch_client_secrets(secret_name: str, max_age_s: int) -> Mapping[str, str]:
-    from aws_lambda_powertools.utilities import parameters
+class ClientSecrets:
+    """Callable returning the key map. One provider per service, not powertools' process-wide
+    default: that one keeps the first client it made, whatever endpoint the process uses later."""
 
-    return parse_key_map(parameters.get_secret(secret_name, transform="json", max_age=max_age_s))
+    def __init__(self, make_client: Callable[[], Any], secret_name: str, max_age_s: int):
+        self._make_client = make_client
+        self._secret_name = secret_name
+        self._max_age_s = max_age_s
+        self._provider: Any = None
+
+    def __call__(self) -> Mapping[str, str]:
+        if self._provider is None:
+            # Imported here: only $connect needs it, and it pulls in boto3.
+            from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+            self._provider = SecretsProvider(boto3_client=self._make_client())
+        return parse_key_map(self._provider.get(self._secret_name, transform="json", max_age=self._max_age_s))

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEven
 from botocore.config import Config
 
 from .config import Settings
-from .keys import fetch_client_secrets
+from .keys import ClientSecrets
 from .poster import ConnectionPoster
 from .service import AudioHookService
 from .store import SessionStore
@@ -59,7 +59,8 @@ def build_service(settings: Settings | None = None, **clients: Any) -> AudioHook
         SessionStore(dynamodb, settings.sessions_table, settings.session_ttl_s),
         KinesisWriter(kinesis, settings.audio_stream),
         poster_for=lambda event: poster_for_endpoint(connections_endpoint(settings, event)),
-        client_secrets=lambda: fetch_client_secrets(settings.api_keys_secret, settings.secrets_cache_s),
+        client_secrets=ClientSecrets(lambda: client("secretsmanager"), settings.api_keys_secret,
+                                     settings.secrets_cache_s),
     )
 
 
