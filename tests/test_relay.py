@@ -508,7 +508,7 @@ def test_drain_refuses_new_sessions_and_disconnects_the_rest_after_the_deadline(
     staying, leaving = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def scenario() -> dict[str, Any]:
-        async with quick_relay(relay_service(aws), drain_s=0.3) as relay:
+        async with quick_relay(relay_service(aws), drain_s=1.5) as relay:
             sockets = {}
             for session_id in (staying, leaving):
                 ws = sockets[session_id] = await open_socket(relay, session_id)
