@@ -14,9 +14,7 @@ RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml ./
 COPY layers/audiohook/audiohook/ layers/audiohook/audiohook/
-# websockets is the relay's only dependency beyond the package's own; it is listed
-# explicitly until pyproject.toml declares it for the relay (same range as there).
-RUN /opt/venv/bin/pip install . "websockets>=13,<18"
+RUN /opt/venv/bin/pip install ".[relay]"
 
 # ---- runtime: the venv only, run as an unprivileged user
 FROM ${PYTHON_IMAGE}

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import websockets
-from conftest import API_KEY, CLIENT_SECRET, REPO, load_jsonl, open_parameters
 
 from audiohook.client import upgrade_headers
 from audiohook.gateway import LocalStack
 from audiohook.relay import Relay
 from audiohook.wiring import build_service
+from conftest import API_KEY, CLIENT_SECRET, REPO, load_jsonl, open_parameters
 
 ORG_ID = open_parameters()["organizationId"]
 FRONTS = ["gateway", "relay"]

@@ -577,7 +577,7 @@ class Relay:
         if not self.store.save(stored):
             logger.error("session item not saved; delivering anyway", extra=link.log())
         event = APIGatewayWebSocketEvent(link.connection.message(""))
-        self.service._deliver(event, stored, outcome)
+        self.service.deliver(event, stored, outcome)
 
     def _post(self, connection_id: str, texts: list[str]) -> bool:
         """Send server messages in order on the connection's socket; False: gone. Worker threads only."""

@@ -152,7 +152,7 @@ class AudioHookService:
             if seq is not None and stored.session.clientseq == seq:
                 stored.recent = sequencing.remember(stored.recent, seq, text_digest)
             if self.store.save(stored):
-                return self._deliver(event, stored, outcome)
+                return self.deliver(event, stored, outcome)
 
     def _apply(self, stored: StoredSession, message: ClientMessage | Violation) -> Outcome:
         return receive(stored.session, message, self.policy, self.clock())
@@ -168,14 +168,14 @@ class AudioHookService:
             if self.store.save(stored):
                 break
         if problem is not None:
-            return self._deliver(event, stored, problem)
+            return self.deliver(event, stored, problem)
         media = stored.session.media
         assert media is not None and stored.session.session_id is not None
         encoder = AudioRecordEncoder(stored.session.session_id, media["format"], media["rate"], media["channels"])
         self._write(stored.session, [encoder.encode(position, audio)])
         return RouteResult(OK, stored.session)
 
-    def _deliver(self, event: APIGatewayWebSocketEvent, stored: StoredSession, outcome: Outcome) -> RouteResult:
+    def deliver(self, event: APIGatewayWebSocketEvent, stored: StoredSession, outcome: Outcome) -> RouteResult:
         """Post the replies (in seq order), mark them delivered, emit the lifecycle records."""
         result = RouteResult(OK, stored.session, outcome)
         if outcome.violation:
