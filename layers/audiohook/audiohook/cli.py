@@ -36,7 +36,7 @@ async def _demo(stack: Any, out_dir: Path) -> None:
     print("\n== Genesys connection probe ==")
     report = await probe(stack.url, demo.api_key, demo.client_secret)
     print(report.to_text())
-    print("\n== A 3 s call: 440 Hz tone (external) with pings, an update and a pause ==")
+    print("\n== A 3 s call: 440 Hz stereo tone, pings every second and a language update ==")
     result = await call(stack.url, demo.api_key, demo.client_secret,
                         audio=AudioSource.tone(440.0, 3.0, channels=2), speed=4.0, ping_interval_s=1.0,
                         language_update=(1.0, "es-ES"))
