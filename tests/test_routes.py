@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from audiohook.records import AudioRecord, LifecycleRecord, decode_record
 from conftest import Client, load_jsonl, open_parameters
 
@@ -59,3 +61,22 @@ def test_disconnect_of_a_finished_session_is_harmless(aws, service):
     assert client.disconnect().response == {"statusCode": 200}
     events = [r.event for r in map(decode_record, aws.stream_records())]
     assert events.count("disconnected") == 0 or events.count("disconnected") == 1
+
+
+def test_lambda_handlers_answer_and_emit_cloudwatch_metrics(aws, monkeypatch, capsys):
+    import on_connect
+    import on_message
+
+    for name, value in {"SESSIONS_TABLE": aws.settings.sessions_table, "AUDIO_STREAM": aws.settings.audio_stream,
+                        "API_KEYS_SECRET": aws.settings.api_keys_secret, "POWERTOOLS_METRICS_NAMESPACE": "AudioHook",
+                        "POWERTOOLS_LOG_LEVEL": "WARNING"}.items():
+        monkeypatch.setenv(name, value)
+    client = Client(service=None)
+    assert on_connect.handler(client.connect_event(), None) == {"statusCode": 200}
+    assert on_message.handler(client.connection.message("{not json"), None) == {"statusCode": 200}
+    posted = aws.posted(client.connection.connection_id)
+    assert [m["type"] for m in posted] == ["disconnect"]
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    names = [metric["Name"] for doc in emf for metric in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
+    assert names == ["Connections", "ProtocolErrors"]
+    assert emf[-1]["ProtocolErrors"] == [1.0] or emf[-1]["ProtocolErrors"] == 1.0

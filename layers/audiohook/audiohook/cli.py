@@ -60,6 +60,10 @@ async def _demo(stack: Any, out_dir: Path) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        # The handlers log JSON lines and print CloudWatch metrics; locally that buries the demo.
+        os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
     from .gateway import GatewayLimits, LocalStack
 
     async def main() -> int:
@@ -246,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--demo", action="store_true", help="run a probe and a short call, then show the audio")
     serve.add_argument("--exit-after-demo", action="store_true")
     serve.add_argument("--out", default="out", help="where --demo writes the rebuilt WAV")
+    serve.add_argument("--verbose", action="store_true", help="show the handlers' JSON logs and metrics")
     serve.set_defaults(run=cmd_serve)
 
     def server_arguments(command: argparse.ArgumentParser) -> None:

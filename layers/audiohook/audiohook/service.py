@@ -9,6 +9,7 @@ AWS faults are logged, counted and recorded, and the route still answers.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,20 @@ class Poster(Protocol):
     calls: int
 
     def post_all(self, connection_id: str, texts: list[str]) -> bool: ...
+
+
+class MetricSink(Protocol):
+    def add_metric(self, name: str, unit: str, value: float) -> None: ...
+
+
+class Counters:
+    """Metric sink that only counts (fronts without CloudWatch); ``counts`` is readable."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+
+    def add_metric(self, name: str, unit: str, value: float) -> None:
+        self.counts[name] = self.counts.get(name, 0) + value
 
 
 class RecordWriter(Protocol):
@@ -73,6 +88,7 @@ class AudioHookService:
         client_secrets: Callable[[], Mapping[str, str]],
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        metrics: MetricSink | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -81,6 +97,7 @@ class AudioHookService:
         self.client_secrets = client_secrets
         self.clock = clock
         self.sleep = sleep
+        self.metrics: MetricSink = metrics if metrics is not None else Counters()
         self.policy = Policy(
             media_preference=parse_preference(settings.media_preference),
             supported_languages=tuple(filter(None, (code.strip() for code in settings.supported_languages.split(",")))),
@@ -103,15 +120,17 @@ class AudioHookService:
             max_age_s=self.settings.signature_max_age_s, clock_skew_s=self.settings.signature_clock_skew_s,
         )
         log = {"connection_id": connection_id, "session_id": verdict.session_id}
+        if verdict.nonce is not None and verdict.ok and not self.store.remember_nonce(
+                verdict.nonce, verdict.nonce_expires_at or 0):
+            verdict = dataclasses.replace(verdict, ok=False, reason="signature nonce was already used (replay)")
         if not verdict.ok:
             logger.warning("upgrade rejected", extra=log | {"reason": verdict.reason})
-            return RouteResult(UNAUTHORIZED)
-        if verdict.nonce is not None and not self.store.remember_nonce(verdict.nonce, verdict.nonce_expires_at or 0):
-            logger.warning("upgrade rejected", extra=log | {"reason": "signature nonce was already used (replay)"})
+            self.metrics.add_metric("UpgradesRejected", "Count", 1)
             return RouteResult(UNAUTHORIZED)
         session = Session(session_id=verdict.session_id, organization_id=verdict.organization_id)
         self.store.create(connection_id, session, verdict.api_key)
         logger.info("upgrade accepted", extra=log)
+        self.metrics.add_metric("Connections", "Count", 1)
         return RouteResult(OK, session)
 
     # --- $default ---------------------------------------------------------------------
@@ -143,6 +162,7 @@ class AudioHookService:
             )
             if action is sequencing.Action.DUPLICATE:
                 logger.info("duplicate message ignored", extra=self._log(stored) | {"seq": seq})
+                self.metrics.add_metric("DuplicateMessages", "Count", 1)
                 return RouteResult(OK, stored.session, duplicate=True)
             if action is sequencing.Action.WAIT:
                 self.sleep(delay)
@@ -183,6 +203,9 @@ class AudioHookService:
             log = logger.warning if outcome.replies else logger.info
             log("protocol error" if outcome.replies else "input ignored",
                 extra=self._log(stored) | {"info": outcome.violation})
+            self.metrics.add_metric("ProtocolErrors" if outcome.replies else "InputIgnored", "Count", 1)
+        if any(item.event == "opened" for item in outcome.lifecycle):
+            self.metrics.add_metric("ProbeSessions" if stored.session.probe else "CallSessions", "Count", 1)
         if outcome.replies:
             try:
                 delivered = self.poster_for(event).post_all(
@@ -194,6 +217,7 @@ class AudioHookService:
             result.gone = not delivered
             if result.gone:
                 logger.info("connection gone; replies dropped", extra=self._log(stored))
+                self.metrics.add_metric("GoneConnections", "Count", 1)
             self.store.mark_delivered(stored.connection_id, stored.session.seq)
         self._emit(stored.session, outcome)
         return result
@@ -215,6 +239,7 @@ class AudioHookService:
             return
         logger.error("records not delivered to Kinesis after retries",
                      extra={"session_id": session.session_id, "errors": outcome.error_codes})
+        self.metrics.add_metric("RecordsUndelivered", "Count", len(outcome.undelivered))
         gaps = []
         for entry in outcome.undelivered:
             lost = decode_record(entry.data)
@@ -223,6 +248,7 @@ class AudioHookService:
                 gaps.append(self._lifecycle(session, "gap", gap_data(
                     lost.position, lost.sample_count, lost.frame_count, reason)))
         if gaps:
+            self.metrics.add_metric("AudioGaps", "Count", len(gaps))
             self.records.put([(session.session_id, gap) for gap in gaps])
 
     @staticmethod

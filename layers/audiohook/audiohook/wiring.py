@@ -8,6 +8,7 @@ talks to AWS or to the embedded moto server. The @connections endpoint is ``http
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -50,7 +51,7 @@ def poster_for_endpoint(endpoint: str) -> ConnectionPoster:
     return ConnectionPoster(client("apigatewaymanagementapi", _SINGLE_ATTEMPT, endpoint_url=endpoint))
 
 
-def build_service(settings: Settings | None = None, **clients: Any) -> AudioHookService:
+def build_service(settings: Settings | None = None, *, metrics: Any = None, **clients: Any) -> AudioHookService:
     settings = settings or Settings.from_env()
     dynamodb = clients.get("dynamodb") or client("dynamodb")
     kinesis = clients.get("kinesis") or client("kinesis", _SINGLE_ATTEMPT)
@@ -61,7 +62,30 @@ def build_service(settings: Settings | None = None, **clients: Any) -> AudioHook
         poster_for=lambda event: poster_for_endpoint(connections_endpoint(settings, event)),
         client_secrets=ClientSecrets(lambda: client("secretsmanager"), settings.api_keys_secret,
                                      settings.secrets_cache_s),
+        metrics=metrics,
     )
+
+
+class EmfMetrics:
+    """powertools Metrics (CloudWatch embedded metric format, printed once per invocation;
+    namespace from POWERTOOLS_METRICS_NAMESPACE), behind a lock: the local gateway runs the
+    routes in threads of one process and powertools keeps one metric set per process."""
+
+    def __init__(self, namespace: str) -> None:
+        from aws_lambda_powertools import Metrics
+
+        self._metrics = Metrics(namespace=namespace, service="audiohook")
+        self._lock = threading.Lock()
+
+    def add_metric(self, name: str, unit: str, value: float) -> None:
+        with self._lock:
+            self._metrics.add_metric(name=name, unit=unit, value=value)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._metrics.metric_set:
+                self._metrics.flush_metrics()
+            self._metrics.clear_metrics()  # flush does not clear when POWERTOOLS_METRICS_DISABLED is set
 
 
 def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
@@ -69,7 +93,7 @@ def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]
     from aws_lambda_powertools import Logger
 
     logger = Logger(service="audiohook")
-    built: dict[Settings, AudioHookService] = {}
+    built: dict[Settings, tuple[AudioHookService, EmfMetrics]] = {}
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # Local fronts pass no Lambda context and run routes in threads of one process, so keys
@@ -84,8 +108,13 @@ def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]
             settings = Settings.from_env()
             if settings not in built:
                 built.clear()
-                built[settings] = build_service(settings)
-            return getattr(built[settings], f"on_{route}")(event).response
+                metrics = EmfMetrics(settings.metrics_namespace)
+                built[settings] = (build_service(settings, metrics=metrics), metrics)
+            service, metrics = built[settings]
+            try:
+                return getattr(service, f"on_{route}")(event).response
+            finally:
+                metrics.flush()
         except Exception:
             # A route must answer: $connect refuses the upgrade, the others acknowledge.
             logger.exception("route failed", extra={"route": route})
