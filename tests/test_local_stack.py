@@ -16,7 +16,7 @@ from audiohook.client import call, probe, run_calls
 from audiohook.export import rebuild_session
 from audiohook.gateway import LocalStack
 from audiohook.stream import read_stream
-from audiohook.wav import Audio, AudioSource, mulaw_decode, mulaw_encode, write_wav
+from audiohook.wav import Audio, AudioSource, mulaw_decode, mulaw_encode, read_wav, write_wav
 from conftest import REPO
 
 TEMPLATE = REPO / "template.yaml"
@@ -55,14 +55,21 @@ def test_a_wav_call_lands_in_kinesis_and_export_returns_the_same_samples(tmp_pat
     wav = tmp_path / "call.wav"
     write_wav(wav, Audio(8000, (samples[0::2], samples[1::2])))
 
+    exported = tmp_path / "exported.wav"
+
     async def scenario():
         # serialize: the emulator's concurrent dispatch may apply two frames in either order.
         async with LocalStack(TEMPLATE, serialize=True) as stack:
             report = await call(stack.url, stack.demo.api_key, stack.demo.client_secret,
                                 audio=AudioSource.from_wav(wav), speed=8.0, ping_interval_s=0.4)
-            return report, await settled_export(stack, report.session_id)
+            export = await settled_export(stack, report.session_id)
+            # The CLI, as a user runs it against the embedded AWS (the stack's env is in os.environ).
+            assert cli(["export", "--session", report.session_id, "--out", str(exported),
+                        "--stream", stack.aws.resources.stream_name]) == 0
+            return report, export
 
     report, export = run(scenario())
+    assert read_wav(exported) == export.audio
     assert report.passed, report.to_text()
     assert export.channel_names == ("external", "internal")
     assert export.audio.channels[0] == samples[0::2] and export.audio.channels[1] == samples[1::2]
