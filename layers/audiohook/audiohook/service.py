@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEven
 from . import auth, sequencing
 from .config import Settings
 from .media import parse_preference
-from .protocol import ClientMessage, Violation, parse_client_message
+from .protocol import parse_client_message
 from .records import AudioRecord, AudioRecordEncoder, decode_record, encode_lifecycle_record, gap_data
 from .session import Outcome, Policy, Session, State, finish, receive, receive_audio
 from .store import SessionStore, StoredSession
@@ -168,14 +168,11 @@ class AudioHookService:
                 self.sleep(delay)
                 delay = min(delay * 2, 0.2)
                 continue
-            outcome = self._apply(stored, message)
+            outcome = receive(stored.session, message, self.policy, self.clock())
             if seq is not None and stored.session.clientseq == seq:
                 stored.recent = sequencing.remember(stored.recent, seq, text_digest)
             if self.store.save(stored):
                 return self.deliver(event, stored, outcome)
-
-    def _apply(self, stored: StoredSession, message: ClientMessage | Violation) -> Outcome:
-        return receive(stored.session, message, self.policy, self.clock())
 
     def _on_audio(self, event: APIGatewayWebSocketEvent, connection_id: str, audio: bytes) -> RouteResult:
         while True:

@@ -111,12 +111,6 @@ class Outcome:
     lifecycle: list[Lifecycle] = field(default_factory=list)
     violation: str | None = None  # set when this input was a protocol error
 
-    def extend(self, other: "Outcome") -> "Outcome":
-        self.replies.extend(other.replies)
-        self.lifecycle.extend(other.lifecycle)
-        self.violation = self.violation or other.violation
-        return self
-
 
 def _reply(session: Session, type: ServerType, parameters: ServerParameters | None = None) -> ServerMessage:
     session.seq += 1
