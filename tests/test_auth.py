@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from base64 import b64decode
-from pathlib import Path
 from typing import Any
 
 import http_sf
@@ -22,8 +21,8 @@ from audiohook.auth import (
     verify_message_signature,
     verify_upgrade,
 )
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 VECTORS = json.loads((FIXTURES / "signature-vectors.json").read_text())["valid"]
 AUDIOHOOK_VECTOR = VECTORS[0]
 

@@ -8,7 +8,6 @@ import json
 import re
 import socket
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -27,8 +26,8 @@ from audiohook.client import (
 )
 from audiohook.conformance import Finding
 from audiohook.wav import AudioSource
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SESSION_ID = "5f020a60-a9cf-4a0a-add7-717401f04817"
 ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
 NULL_UUID = "00000000-0000-0000-0000-000000000000"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audiohook.conformance import Finding, ServerFrameChecker, check_transcript
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SESSION_ID = "5f020a60-a9cf-4a0a-add7-717401f04817"
 PCMU_STEREO = {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
 PCMU_EXTERNAL = {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}

@@ -15,7 +15,6 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
@@ -34,8 +33,8 @@ from audiohook.gateway import (
     text_fragments,
 )
 from audiohook.localaws import Template
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 
 CONNECTION_ID = re.compile(r"^[A-Za-z0-9_-]{15}=$")

@@ -20,8 +20,8 @@ from audiohook.localaws import (
     stream_request,
     table_request,
 )
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "template.yaml"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +30,8 @@ from audiohook.protocol import (
     parse_client_message,
     server_message,
 )
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures"
 SESSION_ID = "5f020a60-a9cf-4a0a-add7-717401f04817"
 ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

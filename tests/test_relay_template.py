@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cfnlint.decode import decode
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO as ROOT
+
 CONFIG_PY = ROOT / "layers" / "audiohook" / "audiohook" / "config.py"
 POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL", "AWS_DEFAULT_REGION"}
 

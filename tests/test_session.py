@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +29,8 @@ from audiohook.session import (
     receive_text,
     send_event,
 )
+from conftest import FIXTURES
 
-FIXTURES = Path(__file__).parents[2] / "shared" / "fixtures"
 SESSION_ID = "5f020a60-a9cf-4a0a-add7-717401f04817"
 ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
 CONVERSATION_ID = "090eaa2f-72fa-480a-83e0-8667ff89c0ec"

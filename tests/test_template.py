@@ -20,7 +20,8 @@ from cfnlint.api import lint, lint_file
 from cfnlint.config import ManualArgs
 from cfnlint.decode import decode
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO as ROOT
+
 TEMPLATE = ROOT / "template.yaml"
 EVENTS = ROOT / "events"
 CONFIG_PY = ROOT / "layers" / "audiohook" / "audiohook" / "config.py"
