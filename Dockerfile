@@ -13,7 +13,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml ./
-COPY layers/audiohook/audiohook/ layers/audiohook/audiohook/
+COPY src/audiohook/ src/audiohook/
 RUN /opt/venv/bin/pip install ".[relay]"
 
 # ---- runtime: the venv only, run as an unprivileged user

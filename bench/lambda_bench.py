@@ -63,10 +63,10 @@ def measure_routes(rounds: int) -> list[tuple[str, float, str]]:
     import boto3
     from moto import mock_aws
 
-    from audiohook.poster import ConnectionPoster
-    from audiohook.service import AudioHookService
-    from audiohook.store import SessionStore
-    from audiohook.stream import KinesisWriter
+    from audiohook.aws.poster import ConnectionPoster
+    from audiohook.aws.service import AudioHookService
+    from audiohook.aws.store import SessionStore
+    from audiohook.aws.stream import KinesisWriter
     from conftest import API_KEY, CLIENT_SECRET, Client, embedded_aws, open_parameters
 
     ledger = Ledger()

@@ -43,7 +43,7 @@ def start_serve(port: int) -> subprocess.Popen[str]:
 
 
 def run_load(url: str, sessions: int, seconds: float) -> dict:
-    from audiohook.localaws import DEMO_API_KEY, DEMO_CLIENT_SECRET
+    from audiohook.local.embedded_aws import DEMO_API_KEY, DEMO_CLIENT_SECRET
 
     started = time.perf_counter()
     out = subprocess.run(

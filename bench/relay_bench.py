@@ -3,7 +3,7 @@ delay from frame receipt to Kinesis acknowledgement, CPU per session, AWS calls 
 minute; and, in the same run, the Lambda path's AWS calls per audio minute.
 
 Method (measured, not derived): the relay runs as its own process (``python -m
-audiohook.relay``, exactly as in the container) pinned to CPU 0. Client processes pinned to
+audiohook.relay.server``, exactly as in the container) pinned to CPU 0. Client processes pinned to
 CPU 1 open N sessions (signed upgrade, open/opened) and send one 3200-byte frame (200 ms of
 stereo PCMU) per session every 200 ms at real-time pace, then close. AWS is a counting stub
 endpoint (also on CPU 1): DynamoDB and Secrets Manager answer success, Kinesis PutRecords
@@ -231,7 +231,7 @@ async def _clients(url: str, count: int, seconds: float, start: StartLine) -> di
     """
     from websockets.asyncio.client import ClientConnection, connect
 
-    from audiohook.client import upgrade_headers
+    from audiohook.tools.client import upgrade_headers
 
     frame = bytes(range(256)) * (FRAME_BYTES // 256) + bytes(FRAME_BYTES % 256)
     gate = asyncio.Semaphore(64)
@@ -315,7 +315,7 @@ def start_relay(port: int, stub_url: str) -> subprocess.Popen[bytes]:
         pin(RELAY_CPU)
         raise_fd_limit()
 
-    process = subprocess.Popen([sys.executable, "-m", "audiohook.relay"], env=env, preexec_fn=preexec,
+    process = subprocess.Popen([sys.executable, "-m", "audiohook.relay.server"], env=env, preexec_fn=preexec,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -399,7 +399,7 @@ def run_step(sessions: int, seconds: float, stub_url: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- our code alone
 def hot_path_us_per_frame(frames: int = 200_000) -> dict[str, float]:
     """receive_audio + queue + record encoding + settle, in-process, no sockets, no AWS."""
-    from audiohook.relay_buffer import AudioBuffer
+    from audiohook.relay.buffer import AudioBuffer
     from audiohook.session import Session, State, receive_audio
 
     sessions = 1000
@@ -431,8 +431,8 @@ def lambda_path_calls(frames: int = 300) -> dict[str, float]:
     from moto import mock_aws
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    from audiohook.stream import KinesisWriter
-    from audiohook.wiring import build_service
+    from audiohook.aws.stream import KinesisWriter
+    from audiohook.aws.wiring import build_service
     from conftest import API_KEY as TEST_KEY
     from conftest import CLIENT_SECRET as TEST_SECRET
     from conftest import Client, embedded_aws, open_parameters

@@ -1,5 +1,5 @@
 """Lambda entry point of the $connect route."""
 
-from audiohook.wiring import lambda_handler
+from audiohook.aws.wiring import lambda_handler
 
 handler = lambda_handler("connect")

@@ -22,11 +22,11 @@ FIXTURES = SHARED / "fixtures"
 sys.path.insert(0, str(REPO / "tests"))
 
 from audiohook import auth  # noqa: E402
-from audiohook.apigw import Connection  # noqa: E402
+from audiohook.aws.apigw import Connection  # noqa: E402
+from audiohook.aws.service import AudioHookService  # noqa: E402
+from audiohook.aws.stream import read_stream  # noqa: E402
+from audiohook.aws.wiring import build_service, poster_for_endpoint  # noqa: E402
 from audiohook.config import Settings  # noqa: E402
-from audiohook.service import AudioHookService  # noqa: E402
-from audiohook.stream import read_stream  # noqa: E402
-from audiohook.wiring import build_service, poster_for_endpoint  # noqa: E402
 
 REGION = "us-east-1"
 API_ID = "a1b2c3d4e5"
@@ -89,7 +89,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 def embedded_aws(key_map: dict[str, str]) -> Aws:
     """The template's own table, stream and secret, created in moto (``mock_aws`` must be active)."""
-    from audiohook.localaws import EmbeddedAws
+    from audiohook.local.embedded_aws import EmbeddedAws
 
     embedded = EmbeddedAws(REPO / "template.yaml", in_process=True).start()
     embedded.client("secretsmanager").put_secret_value(

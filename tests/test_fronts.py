@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import websockets
 
-from audiohook.client import upgrade_headers
-from audiohook.gateway import LocalStack
-from audiohook.relay import Relay
-from audiohook.wiring import build_service
+from audiohook.aws.wiring import build_service
+from audiohook.local.gateway import LocalStack
+from audiohook.relay.server import Relay
+from audiohook.tools.client import upgrade_headers
 from conftest import API_KEY, CLIENT_SECRET, REPO, load_jsonl, open_parameters
 
 ORG_ID = open_parameters()["organizationId"]

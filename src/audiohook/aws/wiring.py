@@ -1,0 +1,123 @@
+"""Builds the service from settings with real boto3 clients (Lambda and local gateway).
+
+Clients come from botocore directly: importing boto3 pulls in s3transfer and costs a
+cold start ~130 ms for nothing. botocore honours ``AWS_ENDPOINT_URL``, so the same wiring
+talks to AWS or to the embedded moto server. The @connections endpoint is ``https://<domainName>/<stage>`` unless
+``CONNECTIONS_ENDPOINT`` overrides it (local gateway).
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from typing import Any, Callable
+
+import botocore.session
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
+from botocore.config import Config
+
+from audiohook.aws.keys import ClientSecrets
+from audiohook.aws.poster import ConnectionPoster
+from audiohook.aws.service import AudioHookService
+from audiohook.aws.store import SessionStore
+from audiohook.aws.stream import KinesisWriter
+from audiohook.config import Settings
+
+_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5,
+                        max_pool_connections=64)
+# KinesisWriter and ConnectionPoster retry with their own backoff; botocore must not multiply it.
+_SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5,
+                         max_pool_connections=64)
+
+
+def connections_endpoint(settings: Settings, event: APIGatewayWebSocketEvent) -> str:
+    if settings.connections_endpoint:
+        return settings.connections_endpoint
+    context = event.request_context
+    return f"https://{context.domain_name}/{context.stage}"
+
+
+@lru_cache(maxsize=1)
+def _botocore() -> botocore.session.Session:
+    return botocore.session.get_session()
+
+
+def client(service: str, config: Config = _CLIENT_CONFIG, **kwargs: Any) -> Any:
+    return _botocore().create_client(service, config=config, **kwargs)
+
+
+@lru_cache(maxsize=16)
+def poster_for_endpoint(endpoint: str) -> ConnectionPoster:
+    return ConnectionPoster(client("apigatewaymanagementapi", _SINGLE_ATTEMPT, endpoint_url=endpoint))
+
+
+def build_service(settings: Settings | None = None, *, metrics: Any = None, **clients: Any) -> AudioHookService:
+    settings = settings or Settings.from_env()
+    dynamodb = clients.get("dynamodb") or client("dynamodb")
+    kinesis = clients.get("kinesis") or client("kinesis", _SINGLE_ATTEMPT)
+    return AudioHookService(
+        settings,
+        SessionStore(dynamodb, settings.sessions_table, settings.session_ttl_s),
+        KinesisWriter(kinesis, settings.audio_stream),
+        poster_for=lambda event: poster_for_endpoint(connections_endpoint(settings, event)),
+        client_secrets=ClientSecrets(lambda: client("secretsmanager"), settings.api_keys_secret,
+                                     settings.secrets_cache_s),
+        metrics=metrics,
+    )
+
+
+class EmfMetrics:
+    """powertools Metrics (CloudWatch embedded metric format, printed once per invocation;
+    namespace from POWERTOOLS_METRICS_NAMESPACE), behind a lock: the local gateway runs the
+    routes in threads of one process and powertools keeps one metric set per process."""
+
+    def __init__(self, namespace: str) -> None:
+        from aws_lambda_powertools import Metrics
+
+        self._metrics = Metrics(namespace=namespace, service="audiohook")
+        self._lock = threading.Lock()
+
+    def add_metric(self, name: str, unit: str, value: float) -> None:
+        with self._lock:
+            self._metrics.add_metric(name=name, unit=unit, value=value)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._metrics.metric_set:
+                self._metrics.flush_metrics()
+            self._metrics.clear_metrics()  # flush does not clear when POWERTOOLS_METRICS_DISABLED is set
+
+
+def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Lambda entry point of one route; the service is built once per container, lazily."""
+    from aws_lambda_powertools import Logger
+
+    logger = Logger(service="audiohook")
+    built: dict[Settings, tuple[AudioHookService, EmfMetrics]] = {}
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        # Local fronts pass no Lambda context and run routes in threads of one process, so keys
+        # are added per thread by hand, not by inject_lambda_context.
+        logger.thread_safe_append_keys(
+            route=route, request_id=getattr(context, "aws_request_id", None),
+            connection_id=event.get("requestContext", {}).get("connectionId"),
+        )
+        try:
+            # Built once per container; rebuilt only if the environment changed (a local stack
+            # restarted in the same process), never per invocation.
+            settings = Settings.from_env()
+            if settings not in built:
+                built.clear()
+                metrics = EmfMetrics(settings.metrics_namespace)
+                built[settings] = (build_service(settings, metrics=metrics), metrics)
+            service, metrics = built[settings]
+            try:
+                return getattr(service, f"on_{route}")(event).response
+            finally:
+                metrics.flush()
+        except Exception:
+            # A route must answer: $connect refuses the upgrade, the others acknowledge.
+            logger.exception("route failed", extra={"route": route})
+            return {"statusCode": 500 if route == "connect" else 200}
+
+    return handler

@@ -1,0 +1,78 @@
+"""Every setting, read from the environment, with its default, in one place.
+
+The SAM template, the local gateway and the relay set these variables; nothing else
+in the code reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    sessions_table: str = "audiohook-sessions"
+    audio_stream: str = "audiohook-audio"
+    api_keys_secret: str = "audiohook/api-keys"
+    # Path+query Genesys signed. Empty: derive "/<stage>" from the event (execute-api URL).
+    # Set it for a custom domain, e.g. "/audiohook" for wss://hooks.example.com/audiohook.
+    request_target: str = ""
+    # Comma separated "<format>/<channels>" in order of preference; "stereo" means two channels.
+    media_preference: str = "PCMU/stereo,L16/stereo,PCMU/mono,L16/mono"
+    # Comma separated language codes offered when open asks for supportedLanguages.
+    supported_languages: str = ""
+    start_paused: bool = False
+    signature_max_age_s: int = 10
+    signature_clock_skew_s: int = 5
+    nonce_ttl_s: int = 300
+    # How long a $default invocation waits for its predecessor (client seq - 1) to be applied.
+    predecessor_wait_ms: int = 3000
+    session_ttl_s: int = 3 * 24 * 3600
+    # Override of the @connections endpoint (local gateway); empty: https://<domainName>/<stage>.
+    connections_endpoint: str = ""
+    secrets_cache_s: int = 300
+    # Relay (audiohook.relay.server, the binary-capable front): listening port; how often buffered
+    # audio goes to Kinesis (at most 200 ms keeps records close to real time); the cap on
+    # audio held for Kinesis (reading pauses near it, frames beyond it become gap records);
+    # how long a SIGTERM lets sessions finish before they get `disconnect`.
+    relay_port: int = 8080
+    relay_flush_ms: int = 200
+    relay_max_buffer_bytes: int = 256 * 1024 * 1024
+    relay_drain_s: int = 60
+    metrics_namespace: str = "AudioHook"
+    # botocore reads AWS_ENDPOINT_URL itself; kept here so a change of it is a change of settings.
+    aws_endpoint_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        defaults = cls()
+        return cls(
+            sessions_table=env.get("SESSIONS_TABLE", defaults.sessions_table),
+            audio_stream=env.get("AUDIO_STREAM", defaults.audio_stream),
+            api_keys_secret=env.get("API_KEYS_SECRET", defaults.api_keys_secret),
+            request_target=env.get("REQUEST_TARGET", defaults.request_target),
+            media_preference=env.get("MEDIA_PREFERENCE", defaults.media_preference),
+            supported_languages=env.get("SUPPORTED_LANGUAGES", defaults.supported_languages),
+            start_paused=env.get("START_PAUSED", "").strip().lower() in ("1", "true", "yes"),
+            signature_max_age_s=_int(env, "SIGNATURE_MAX_AGE_S", defaults.signature_max_age_s),
+            signature_clock_skew_s=_int(env, "SIGNATURE_CLOCK_SKEW_S", defaults.signature_clock_skew_s),
+            nonce_ttl_s=_int(env, "NONCE_TTL_S", defaults.nonce_ttl_s),
+            predecessor_wait_ms=_int(env, "PREDECESSOR_WAIT_MS", defaults.predecessor_wait_ms),
+            session_ttl_s=_int(env, "SESSION_TTL_S", defaults.session_ttl_s),
+            connections_endpoint=env.get("CONNECTIONS_ENDPOINT", defaults.connections_endpoint),
+            secrets_cache_s=_int(env, "SECRETS_CACHE_S", defaults.secrets_cache_s),
+            relay_port=_int(env, "RELAY_PORT", defaults.relay_port),
+            relay_flush_ms=_int(env, "RELAY_FLUSH_MS", defaults.relay_flush_ms),
+            relay_max_buffer_bytes=_int(env, "RELAY_MAX_BUFFER_BYTES", defaults.relay_max_buffer_bytes),
+            relay_drain_s=_int(env, "RELAY_DRAIN_S", defaults.relay_drain_s),
+            aws_endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
+            metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", defaults.metrics_namespace),
+        )

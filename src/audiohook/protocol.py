@@ -1,0 +1,303 @@
+"""AudioHook v2 messages: pydantic models for both directions, parsing and serialisation.
+
+The models are the single source of truth for message shapes. Client text is parsed into
+a typed message or a :class:`Violation` whose ``info`` names the exact problem; server
+messages are only ever produced by :func:`server_message`, so ``version``, ``id``,
+``seq`` and ``clientseq`` come from the session and cannot be mistyped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, ValidationError
+
+from audiohook import PROTOCOL_VERSION
+
+MAX_TEXT_BYTES = 64 * 1024
+NULL_UUID = "00000000-0000-0000-0000-000000000000"
+
+Uuid = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+_DURATION = re.compile(r"^PT(\d+(?:\.\d+)?)S$")
+Duration = Annotated[str, Field(pattern=_DURATION.pattern)]
+Channel = Literal["external", "internal"]
+
+
+def duration_seconds(value: str) -> float:
+    """``PT12.34S`` -> 12.34 (the value has already been validated as a Duration)."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"not an AudioHook duration: {value!r}")
+    return float(match.group(1))
+
+
+def format_duration(seconds: float) -> str:
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    return f"PT{text}S"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Open(BaseModel):
+    """Parameters Genesys may extend: unknown fields are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class MediaEntry(_Open):
+    type: Literal["audio"]
+    format: str  # PCMU and L16 today; an unknown future format is skipped by selection, not refused
+    channels: Annotated[list[Channel], Field(min_length=1, max_length=2)]
+    rate: Annotated[StrictInt, Field(gt=0)]
+
+    def as_offer(self) -> dict[str, Any]:
+        """The entry exactly as offered (extra fields included), for echoing in ``opened``."""
+        return self.model_dump(mode="json")
+
+
+class Participant(_Open):
+    id: Uuid
+    ani: str = ""
+    aniName: str = ""
+    dnis: str = ""
+
+
+class ContinuedSession(_Open):
+    id: Uuid
+    serverseq: StrictInt
+    clientseq: StrictInt
+
+
+class OpenParameters(_Open):
+    organizationId: Uuid
+    conversationId: Uuid
+    participant: Participant
+    media: list[MediaEntry]
+    language: str | None = None
+    supportedLanguages: StrictBool | None = None
+    continuedSessions: list[ContinuedSession] | None = None
+    customConfig: dict[str, Any] | None = None
+    inputVariables: dict[str, Any] | None = None
+
+
+class CloseParameters(_Open):
+    reason: Literal["end", "error", "disconnect", "reconnect"]
+
+
+class PingParameters(_Open):
+    rtt: Duration | None = None
+
+
+class UpdateParameters(_Open):
+    language: str
+
+
+class EmptyParameters(_Open):
+    pass
+
+
+class ResumedParameters(_Open):
+    start: Duration
+    discarded: Duration
+
+
+class ErrorParameters(_Open):
+    code: Literal[400, 405, 408, 409, 413, 415, 429, 500, 503]
+    message: str
+    retryAfter: Duration | None = None
+
+
+class DtmfParameters(_Open):
+    digit: str
+    duration: Duration | None = None
+
+
+class _ClientMessage(_Open):
+    version: Literal["2"]
+    id: Uuid
+    seq: Annotated[StrictInt, Field(ge=1)]
+    serverseq: Annotated[StrictInt, Field(ge=0)]
+    position: Duration
+
+    @property
+    def position_seconds(self) -> float:
+        return duration_seconds(self.position)
+
+
+class Open(_ClientMessage):
+    type: Literal["open"]
+    parameters: OpenParameters
+
+
+class Close(_ClientMessage):
+    type: Literal["close"]
+    parameters: CloseParameters
+
+
+class Ping(_ClientMessage):
+    type: Literal["ping"]
+    parameters: PingParameters
+
+
+class Update(_ClientMessage):
+    type: Literal["update"]
+    parameters: UpdateParameters
+
+
+class Paused(_ClientMessage):
+    type: Literal["paused"]
+    parameters: EmptyParameters
+
+
+class Resumed(_ClientMessage):
+    type: Literal["resumed"]
+    parameters: ResumedParameters
+
+
+class Discarded(_ClientMessage):
+    type: Literal["discarded"]
+    parameters: ResumedParameters
+
+
+class ClientError(_ClientMessage):
+    type: Literal["error"]
+    parameters: ErrorParameters
+
+
+class Dtmf(_ClientMessage):
+    type: Literal["dtmf"]
+    parameters: DtmfParameters
+
+
+class PlaybackStarted(_ClientMessage):
+    type: Literal["playback_started"]
+    parameters: dict[str, Any]
+
+
+class PlaybackCompleted(_ClientMessage):
+    type: Literal["playback_completed"]
+    parameters: dict[str, Any]
+
+
+ClientMessage = Annotated[
+    Union[
+        Open, Close, Ping, Update, Paused, Resumed, Discarded, ClientError, Dtmf, PlaybackStarted,
+        PlaybackCompleted,
+    ],
+    Field(discriminator="type"),
+]
+CLIENT_TYPES = (
+    "open", "close", "ping", "update", "paused", "resumed", "discarded", "error", "dtmf",
+    "playback_started", "playback_completed",
+)
+_client_message = TypeAdapter(ClientMessage)
+
+
+# --- server -> client -------------------------------------------------------------------
+
+class OpenedParameters(_Model):
+    startPaused: bool = False
+    media: list[dict[str, Any]]
+    discardTo: Duration | None = None
+    supportedLanguages: list[str] | None = None
+
+
+class DisconnectParameters(_Model):
+    reason: Literal["completed", "unauthorized", "error"]
+    info: str | None = None
+    outputVariables: dict[str, Any] | None = None
+
+
+class ClosedParameters(_Model):
+    outputVariables: dict[str, Any] | None = None
+
+
+class ReconnectParameters(_Model):
+    info: str | None = None
+
+
+class EventParameters(_Model):
+    entities: list[dict[str, Any]]
+
+
+ServerType = Literal["opened", "closed", "pong", "updated", "pause", "resume", "event", "disconnect", "reconnect"]
+ServerParameters = Union[
+    OpenedParameters, ClosedParameters, DisconnectParameters, ReconnectParameters, EventParameters, EmptyParameters,
+]
+
+
+class ServerMessage(_Model):
+    """A server message; field order matches what Genesys' own server emits."""
+
+    version: Literal["2"] = PROTOCOL_VERSION
+    type: ServerType
+    seq: Annotated[int, Field(ge=1)]
+    clientseq: Annotated[int, Field(ge=0)]
+    id: Uuid
+    parameters: ServerParameters
+
+    def to_json(self) -> str:
+        """The exact text frame to send: compact JSON, no envelope, no extra fields."""
+        return self.model_dump_json(exclude_none=True)
+
+
+def server_message(
+    type: ServerType, *, session_id: str, seq: int, clientseq: int, parameters: ServerParameters | None = None
+) -> ServerMessage:
+    return ServerMessage(
+        type=type, seq=seq, clientseq=clientseq, id=session_id,
+        parameters=parameters if parameters is not None else EmptyParameters(),
+    )
+
+
+# --- parsing ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Violation:
+    """A client message we cannot accept; ``info`` goes into ``disconnect.parameters.info``."""
+
+    info: str
+    seq: int | None = None  # the message's seq when it could be read, so clientseq stays right
+
+
+def _describe(error: ValidationError, message_type: str) -> str:
+    first = error.errors(include_url=False)[0]
+    location = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-"))
+    # Discriminated unions prefix the location with the tag; drop it, we name the type ourselves.
+    if location.startswith(message_type + "."):
+        location = location[len(message_type) + 1:]
+    return f"invalid {message_type} message: {location}: {first['msg']}"
+
+
+# What json.loads returns, named as JSON names it (the info goes to the client).
+_JSON_TYPE_NAMES = {
+    list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null",
+}
+
+
+def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
+    size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    if size > MAX_TEXT_BYTES:
+        return Violation(f"text message of {size} bytes exceeds the {MAX_TEXT_BYTES}-byte limit")
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return Violation(f"message is not valid JSON: {exc}")
+    if not isinstance(raw, dict):
+        return Violation(f"message is not a JSON object but a JSON {_JSON_TYPE_NAMES[type(raw)]}")
+    seq = raw.get("seq") if type(raw.get("seq")) is int else None
+    version = raw.get("version")
+    if version != PROTOCOL_VERSION:
+        return Violation(f"unsupported version {json.dumps(version)}; expected \"2\"", seq)
+    message_type = raw.get("type")
+    if message_type not in CLIENT_TYPES:
+        return Violation(f"unknown message type {json.dumps(message_type)}", seq)
+    try:
+        return _client_message.validate_python(raw)
+    except ValidationError as exc:
+        return Violation(_describe(exc, message_type), seq)

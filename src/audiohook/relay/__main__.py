@@ -1,0 +1,3 @@
+from audiohook.relay.server import main
+
+main()
