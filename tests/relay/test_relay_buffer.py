@@ -85,7 +85,7 @@ def test_lifecycle_records_keep_their_place_between_audio() -> None:
     audio_buffer = buffer()
     audio = session(audio_buffer)
     feed(audio_buffer, audio, 2)
-    audio_buffer.add_records(SESSION_A, [lifecycle("paused")])
+    audio_buffer.add_records(audio, [lifecycle("paused")])
     feed(audio_buffer, audio, 1, first=2)
 
     batch = audio_buffer.take_batch()
@@ -145,7 +145,7 @@ def test_failed_entries_go_back_to_the_front_in_order() -> None:
     audio_buffer = buffer()
     audio = session(audio_buffer)
     feed(audio_buffer, audio, 1)
-    audio_buffer.add_records(SESSION_A, [lifecycle("updated")])
+    audio_buffer.add_records(audio, [lifecycle("updated")])
     feed(audio_buffer, audio, 1, first=1)
     batch = audio_buffer.take_batch()
     assert batch is not None and len(batch.entries) == 3
@@ -204,15 +204,15 @@ def test_a_finished_session_is_forgotten_once_sent() -> None:
     audio_buffer = buffer()
     audio = session(audio_buffer)
     feed(audio_buffer, audio, 1)
-    audio_buffer.add_records(SESSION_A, [lifecycle("disconnected")])
-    audio_buffer.finish(SESSION_A)
-    assert SESSION_A in audio_buffer.sessions
+    audio_buffer.add_records(audio, [lifecycle("disconnected")])
+    audio_buffer.finish(audio)
+    assert audio in audio_buffer.sessions
 
     batch = audio_buffer.take_batch()
     assert batch is not None
     audio_buffer.settle(batch, {}, now=1.5)
 
-    assert SESSION_A not in audio_buffer.sessions and audio_buffer.idle and audio_buffer.buffered == 0
+    assert audio not in audio_buffer.sessions and audio_buffer.idle and audio_buffer.buffered == 0
     assert audio_buffer.latency.count == 1 and audio_buffer.latency.percentile(50) == 1501.0
 
 
@@ -220,13 +220,31 @@ def test_abandon_counts_what_never_left() -> None:
     audio_buffer = buffer()
     audio = session(audio_buffer)
     feed(audio_buffer, audio, 4)
-    audio_buffer.add_records(SESSION_A, [lifecycle()])
+    audio_buffer.add_records(audio, [lifecycle()])
 
     audio_buffer.abandon("exiting")
 
     counters = audio_buffer.counters
     assert (counters.frames_dropped, counters.lifecycle_dropped) == (4, 1)
     assert audio_buffer.idle and audio_buffer.take_batch() is None
+
+
+def test_two_connections_with_one_session_id_never_share_a_queue() -> None:
+    audio_buffer = buffer()
+    first, second = session(audio_buffer), session(audio_buffer)  # same session id (partition key)
+    feed(audio_buffer, first, 2)
+    feed(audio_buffer, second, 1)  # the second connection's audio starts at position 0 again
+    audio_buffer.add_records(second, [lifecycle("disconnected")])
+    audio_buffer.finish(second)
+
+    batch = audio_buffer.take_batch()
+
+    assert batch is not None
+    records = decoded(batch.entries)
+    assert [(r.position, r.frame_count, r.audio[:1]) for r in records if isinstance(r, AudioRecord)] == [
+        (0, 2, b"\x00"), (0, 1, b"\x00")]
+    assert [r.event for r in records if isinstance(r, LifecycleRecord)] == ["disconnected"]
+    assert first is not second and first in audio_buffer.sessions and not first.finished
 
 
 def test_latency_percentiles() -> None:

@@ -127,7 +127,8 @@ class Gap:
 
 
 class SessionAudio:
-    """One session's queue. ``key`` is the partition key (the session id, as the service uses it)."""
+    """One connection's queue. ``key`` is the partition key (the session id, as the service
+    uses it); two connections claiming one session id still get a queue each."""
 
     __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "probe", "tail")
 
@@ -175,18 +176,16 @@ class AudioBuffer:
         self.pending_records = 0  # items not yet in a batch
         self.pending_bytes = 0
         self.inflight_batches = 0
-        self.sessions: dict[str, SessionAudio] = {}
+        self.sessions: dict[SessionAudio, None] = {}  # one queue per connection, never shared
         self.ready: dict[SessionAudio, None] = {}  # queues with something to send, not in flight
         self.counters = BufferCounters()
         self.latency = LatencyHistogram()
 
     # ------------------------------------------------------------------ filling
     def open_session(self, key: str) -> SessionAudio:
-        """The queue of a session whose connection is open (a new one, or the one it had)."""
-        audio = self.sessions.get(key)
-        if audio is None:
-            audio = self.sessions[key] = SessionAudio(key)
-        audio.finished = False
+        """A new queue for a connection whose records go under partition key ``key``."""
+        audio = SessionAudio(key)
+        self.sessions[audio] = None
         return audio
 
     def append(self, audio: SessionAudio, start: int, end: int, frame: bytes, now: float) -> bool:
@@ -213,12 +212,8 @@ class AudioBuffer:
         self.counters.frames_buffered += 1
         return True
 
-    def add_records(self, key: str, records: list[bytes]) -> None:
-        """Lifecycle records of a session, queued behind its audio (so they keep their order)."""
-        audio = self.sessions.get(key)
-        if audio is None:  # no open connection: forget the queue once it is sent
-            audio = self.sessions[key] = SessionAudio(key)
-            audio.finished = True
+    def add_records(self, audio: SessionAudio, records: list[bytes]) -> None:
+        """Lifecycle records of a connection, queued behind its audio (so they keep their order)."""
         if audio.gap is not None:
             self._close_gap(audio)
         for data in records:
@@ -226,11 +221,8 @@ class AudioBuffer:
             self.buffered += len(data)
             self.pending_bytes += len(data)
 
-    def finish(self, key: str) -> None:
-        """The session's connection is gone: forget its queue once everything is sent."""
-        audio = self.sessions.get(key)
-        if audio is None:
-            return
+    def finish(self, audio: SessionAudio) -> None:
+        """The connection is gone: forget its queue once everything is sent."""
         audio.finished = True
         if audio.gap is not None:
             self._close_gap(audio)
@@ -389,9 +381,8 @@ class AudioBuffer:
                 self._forget_if_idle(audio)
 
     def _forget_if_idle(self, audio: SessionAudio) -> None:
-        if (audio.finished and not audio.items and not audio.inflight and audio.gap is None
-                and self.sessions.get(audio.key) is audio):
-            del self.sessions[audio.key]
+        if audio.finished and not audio.items and not audio.inflight and audio.gap is None:
+            self.sessions.pop(audio, None)
             self.ready.pop(audio, None)
 
     # ------------------------------------------------------------------ state
@@ -402,7 +393,7 @@ class AudioBuffer:
 
     def abandon(self, reason: str) -> None:
         """Count and log everything still queued (the relay is exiting and Kinesis did not take it)."""
-        for audio in list(self.sessions.values()):
+        for audio in list(self.sessions):
             if audio.gap is not None:
                 self._close_gap(audio)
             frames = samples = lifecycle = 0

@@ -1,40 +1,49 @@
-"""The relay: the binary-capable AudioHook front, running the service in-process.
+"""The relay: the binary-capable AudioHook front, running the protocol core in-process.
 
 API Gateway WebSocket APIs close the connection on the first binary frame, and Genesys sends
-all audio as binary frames. The relay terminates Genesys' WebSocket itself (``websockets``
-asyncio server) and feeds the same service (:mod:`audiohook.aws.service`) the same API
-Gateway-shaped events (:mod:`audiohook.aws.apigw`) the Lambda handlers get:
+all audio as binary frames. The relay terminates Genesys' WebSocket itself (``picows``, a
+Cython WebSocket library, on uvloop in production) and runs one task per connection:
 
-- **upgrade** -> ``$connect`` event -> ``service.on_connect`` (in a thread: boto3 blocks).
-  Any answer but 200 is the HTTP answer to the upgrade (401) and nothing is kept. The
-  signed ``@request-target`` is the upgrade request's own path: the relay's "stage" is that
-  path without its leading slash, so the service derives ``/<stage>`` = the real path just as
-  it does behind API Gateway (``REQUEST_TARGET``, when set, still overrides it).
-- **text frame** -> ``$default`` event -> ``service.on_message``: one at a time per
-  connection, in arrival order; the replies go straight to the socket, in ``seq`` order.
-- **binary frame** -> the direct path: ``session.receive_audio`` on the session held in
-  memory, then the frame joins its session's queue (:mod:`audiohook.relay.buffer`). No event,
-  no pydantic, no JSON, no base64, no AWS call per frame. A protocol error (audio before
-  ``open``, a bad frame length) goes out through the service's normal delivery.
-- **socket closed** -> ``$disconnect`` event -> ``service.on_disconnect``, once.
+- **upgrade**: a small HTTP gate (:class:`_UpgradeGate`) reads the request line and headers,
+  answers ``GET /health`` and ``GET /metrics`` itself, and turns an upgrade into the
+  ``$connect`` event (:mod:`audiohook.aws.apigw`) of ``service.on_connect``, the same code the
+  Lambda runs (signature, nonce, session item), in a worker thread because boto3 blocks. Any
+  answer but 200 is the HTTP answer to the upgrade, with a body (401, 409, 500, 503 while
+  draining). Accepted, the socket is handed to picows, which completes the handshake. The
+  signed ``@request-target`` is the request's own path plus query: the relay's "stage" is
+  that target without its leading slash (``REQUEST_TARGET``, when set, still overrides it).
+- **text frame**: applied in memory by the connection's own driver (:class:`_Link`):
+  ``protocol.parse_client_message`` then ``session.receive``, replies written to the socket
+  at once, in ``seq`` order. A single TCP stream cannot duplicate or reorder, so there is no
+  sequencing between invocations here: a repeated or skipped ``seq`` is a protocol error
+  like any other (the core's exact ``disconnect`` info).
+- **binary frame** (the hot path): ``session.receive_audio`` then the frame joins the
+  connection's queue (:mod:`audiohook.relay.buffer`). No event, no pydantic, no JSON, no
+  base64, no thread hop and no AWS call per frame.
+- **socket closed**: ``session.finish``; its final state is written to DynamoDB, then the
+  ``disconnected`` record joins the queue, last: nothing of the session follows it.
 
-The relay owns its connections, so it keeps each session item in memory
-(:class:`CachedSessionStore`): reads come from memory, writes still go to the same
-DynamoDB item. Lifecycle records join the session's queue behind its audio, so a session's
-records reach Kinesis in order; a flusher sends PutRecords batches across sessions every
-``RELAY_FLUSH_MS`` (or sooner when a batch is full), at most ``max_inflight`` calls at once
-and one per session at a time.
+State goes to the same DynamoDB item as on the Lambda path, written through off the reply
+path: after a message that changes the session's state (one with a lifecycle record; a
+ping only moves counters), the item is saved by a background task, one save at a time per
+connection, coalescing what changed meanwhile; the final save comes before ``disconnected``.
+Queues and state belong to the connection, never to a session id alone, so two connections
+claiming one session id can never share anything.
 
-Memory is bounded by ``RELAY_MAX_BUFFER_BYTES``: above 3/4 of it, readers stop reading audio
-(TCP pushes back on the client) until the buffer is below 1/2; if that takes longer than
-``max_pause_s`` (Kinesis is down), reading goes on and frames that do not fit are dropped,
-counted, logged and recorded as ``gap`` records. Audio Kinesis refuses beyond the writer's
-retries is queued again ``max_requeues`` times, then recorded as a gap.
+Records go to the same Kinesis stream: a flusher sends PutRecords batches across sessions
+every ``RELAY_FLUSH_MS`` (or sooner when a batch is full), at most ``max_inflight`` calls at
+once and one per session at a time, with request bodies built without botocore's per-record
+serialisation (:class:`audiohook.aws.stream.PreparedBodies`).
 
-HTTP ``GET /health`` (200 serving, 503 draining) and ``GET /metrics`` (JSON counters) are
-answered on the same port. SIGTERM drains: health turns 503, new upgrades get 503, sessions
-have ``RELAY_DRAIN_S`` to end, the rest get ``disconnect`` (completed, "server shutting
-down") and a short while to close, then the audio is flushed and the process exits 0.
+Memory is bounded by ``RELAY_MAX_BUFFER_BYTES``: above 3/4 of it the relay stops reading the
+sockets that bring audio (TCP pushes back on the client) until the buffer is below 1/2; if
+that takes longer than ``max_pause_s`` (Kinesis is down), reading goes on and frames that do
+not fit are dropped, counted, logged and recorded as ``gap`` records. Audio Kinesis refuses
+beyond the writer's retries is queued again ``max_requeues`` times, then recorded as a gap.
+
+SIGTERM drains: health turns 503, new upgrades get 503, sessions have ``RELAY_DRAIN_S`` to
+end, the rest get ``disconnect`` (completed, "server shutting down") and a short while to
+close, then the audio is flushed and the process exits 0.
 
 Run it with ``python -m audiohook.relay`` (settings from the environment, port ``RELAY_PORT``).
 """
@@ -42,32 +51,32 @@ Run it with ``python -m audiohook.relay`` (settings from the environment, port `
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import copy
 import dataclasses
 import json
+import logging
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, Self, TypeVar
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows.picows import WSProtocol  # type: ignore[import-not-found]
 
 from audiohook.aws.apigw import Connection
 from audiohook.aws.service import AudioHookService, RecordWriter, RouteResult
 from audiohook.aws.store import SessionStore, StoredSession
-from audiohook.aws.stream import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, PutOutcome
+from audiohook.aws.stream import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, KinesisWriter, PreparedBodies, PutOutcome
 from audiohook.config import Settings
+from audiohook.protocol import parse_client_message
+from audiohook.records import encode_lifecycle_record
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
-from audiohook.session import Outcome, Session, disconnect, receive_audio
+from audiohook.session import Outcome, Session, disconnect, finish, receive, receive_audio
 
 logger = Logger(service="audiohook")
 
@@ -75,9 +84,11 @@ HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 RELAY_API_ID = "relay"
 # Text messages are at most 64 KiB (the core answers bigger ones with a protocol error, so
-# they must get through); audio frames are a few KiB. Anything past this closes with 1009.
+# they must get through); audio frames are a few KiB. A bigger frame closes the connection.
 MAX_MESSAGE_BYTES = 1024 * 1024
-SEND_TIMEOUT_S = 10.0  # a reply the client does not take within this is a gone connection
+MAX_REQUEST_HEAD_BYTES = 64 * 1024  # request line + headers of the upgrade
+UPGRADE_TIMEOUT_S = 10.0  # to receive the upgrade request
+MAX_UNSENT_BYTES = 1024 * 1024  # replies a client leaves unread beyond this: treated as gone
 METRICS_LOG_INTERVAL_S = 60.0
 SHUTDOWN_INFO = "server shutting down"
 
@@ -86,21 +97,17 @@ _T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- session store
 class CachedSessionStore(SessionStore):
-    """The session store of a front that owns its connections.
-
-    ``load`` answers from memory after the first read; ``create``, ``save`` and
-    ``mark_delivered`` write through to the wrapped store (same table, same item shape, same
-    optimistic version). The audio path reads the cached session and never DynamoDB.
-    """
+    """The session store of a front that owns its connections: ``$connect`` goes through it
+    (nonce, item creation) and the created item stays in memory for the connection's driver;
+    every other call runs on the wrapped store (same table, same item shape)."""
 
     def __init__(self, inner: SessionStore) -> None:
         # No super().__init__(): every DynamoDB call goes through ``inner``.
         self._inner = inner
-        self._cache: dict[str, StoredSession] = {}
+        self._created: dict[str, StoredSession] = {}
 
     def __getattr__(self, name: str) -> Any:
-        # Anything not overridden here (a store method added later) runs on the wrapped store.
-        if name in ("_inner", "_cache"):
+        if name in ("_inner", "_created"):
             raise AttributeError(name)
         return getattr(self._inner, name)
 
@@ -117,37 +124,20 @@ class CachedSessionStore(SessionStore):
 
     def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
         self._inner.create(connection_id, session, api_key)
-        self._cache[connection_id] = StoredSession(connection_id, session, version=1, delivered=0, api_key=api_key)
+        self._created[connection_id] = StoredSession(connection_id, session, version=1, delivered=0, api_key=api_key)
 
     def load(self, connection_id: str) -> StoredSession | None:
-        stored = self._cache.get(connection_id)
-        if stored is None:
-            stored = self._inner.load(connection_id)
-            if stored is not None:
-                self._cache[connection_id] = stored
-        return stored
+        return self._inner.load(connection_id)
 
     def save(self, stored: StoredSession) -> bool:
-        if self._inner.save(stored):
-            return True
-        # Somebody else wrote the item since (never expected here): read it again next time.
-        self._cache.pop(stored.connection_id, None)
-        logger.warning("session item changed behind the relay's back; reloading it",
-                       extra={"connection_id": stored.connection_id, "session_id": stored.session.session_id})
-        return False
+        return self._inner.save(stored)
 
     def mark_delivered(self, connection_id: str, seq: int) -> None:
         self._inner.mark_delivered(connection_id, seq)
-        stored = self._cache.get(connection_id)
-        if stored is not None and stored.delivered < seq:
-            stored.delivered = seq
 
-    def cached(self, connection_id: str) -> StoredSession | None:
-        """The session in memory, without any I/O (the audio path)."""
-        return self._cache.get(connection_id)
-
-    def forget(self, connection_id: str) -> None:
-        self._cache.pop(connection_id, None)
+    def take_created(self, connection_id: str) -> StoredSession | None:
+        """The item ``$connect`` just created for this connection (once)."""
+        return self._created.pop(connection_id, None)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -164,88 +154,223 @@ class RelayCounters:
     kinesis_calls: int = 0
     kinesis_retries: int = 0
     kinesis_failed_entries: int = 0
+    dynamodb_saves: int = 0
     backpressure_pauses: int = 0
     errors: int = 0  # unexpected exceptions (each one is logged)
 
 
+# --------------------------------------------------------------------------- HTTP side of the upgrade
+@dataclass(slots=True)
+class _Request:
+    method: str
+    target: str  # path and query, as sent
+    headers: list[tuple[str, str]]
+
+    def header(self, name: str) -> str:
+        name = name.lower()
+        return next((value for key, value in self.headers if key.lower() == name), "")
+
+
+def _parse_request(head: bytes) -> _Request | None:
+    """Request line and headers of an HTTP/1.1 request (the upgrade). None: not HTTP/1.1.
+
+    Hand-written (a dozen lines) because the gate must read the headers before picows sees
+    the request: the decision needs ``$connect``, which is asynchronous.
+    """
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            return None
+        headers.append((name, value.strip()))
+    return _Request(parts[0], parts[1], headers)
+
+
+def _http_answer(status: int, body: str, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    data = body.encode()
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Rejected"
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + data
+
+
+class _UpgradeGate(asyncio.Protocol):
+    """Reads one HTTP request, lets the relay decide, then hands the socket to picows."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._head = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self._deciding = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport
+        self._relay._gates.add(self)
+        self._timer = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT_S, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deciding:
+            self._head += data
+            return
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_REQUEST_HEAD_BYTES:
+                self.answer(_http_answer(431, "Request header fields too large\n"))
+            return
+        self._deciding = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._relay._spawn(self._relay._upgrade(self, bytes(self._head), end))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self._relay._gates.discard(self)
+
+    def answer(self, response: bytes) -> None:
+        """Answer the request (not an upgrade) and close."""
+        if self.transport is not None and not self.lost:
+            self.transport.write(response)
+            self.transport.close()
+
+    def hand_over(self, link: _Link) -> None:
+        """The upgrade is accepted: picows reads the same request and completes the handshake."""
+        transport = self.transport
+        assert transport is not None
+        self._relay._gates.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        protocol = WSProtocol(None, None, False, lambda request: link, _PICOWS_LOGGER, True, UPGRADE_TIMEOUT_S,
+                              False, 20.0, 20.0, _AUTO_PING_WHEN_IDLE, True, MAX_MESSAGE_BYTES, None, 16 * 1024)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        data = memoryview(self._head)
+        while data:
+            buffer = protocol.get_buffer(len(data))
+            n = min(len(buffer), len(data))
+            buffer[:n] = data[:n]
+            protocol.buffer_updated(n)
+            data = data[n:]
+        transport.resume_reading()
+
+
+def _picows_auto_ping() -> Any:
+    from picows import WSAutoPingStrategy
+
+    return WSAutoPingStrategy.PING_WHEN_IDLE
+
+
+_AUTO_PING_WHEN_IDLE = _picows_auto_ping()
+_PICOWS_LOGGER = logging.getLogger("picows.server")
+
+
 # --------------------------------------------------------------------------- connections
-@dataclass(eq=False)
-class _Link:
-    """One accepted WebSocket connection and what the relay keeps about it."""
+class _Link(WSListener):  # type: ignore[misc]
+    """One accepted connection: its session, its queue for Kinesis, and its WebSocket."""
 
-    connection: Connection
-    ws: ServerConnection
-    audio: SessionAudio
-    lane: asyncio.Lock = field(default_factory=asyncio.Lock)  # one service call at a time
-    finished: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.connection.connection_id
+    def __init__(self, relay: Relay, connection: Connection, stored: StoredSession, audio: SessionAudio) -> None:
+        super().__init__()
+        self.relay = relay
+        self.connection = connection
+        self.id = connection.connection_id
+        self.stored = stored
+        self.session = stored.session
+        self.audio = audio
+        self.transport: WSTransport | None = None
+        self.fragments: list[bytes] | None = None  # a fragmented message being reassembled
+        self.fragment_type: WSMsgType | None = None
+        self.close_status: tuple[int, str] | None = None
+        self.finished = False
+        self.dirty = False  # state changed since the last save began
+        self.saver: asyncio.Task[None] | None = None
 
     def log(self) -> dict[str, Any]:
-        return {"connection_id": self.id, "session_id": self.audio.key}
+        return {"connection_id": self.id, "session_id": self.session.session_id,
+                "conversation_id": self.session.conversation_id}
 
+    # picows callbacks (on the event loop) -------------------------------------------------
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.relay._connected(self)
 
-class _SocketPoster:
-    """The service's poster: replies go to the connection's own socket."""
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is WSMsgType.BINARY and frame.fin:
+            self.relay._audio(self, frame.get_payload_as_bytes())
+        elif kind is WSMsgType.TEXT and frame.fin:
+            self.relay._text(self, frame.get_payload_as_bytes())
+        elif kind is WSMsgType.CLOSE:
+            self._closed_by_client(transport, frame)
+        elif kind in (WSMsgType.TEXT, WSMsgType.BINARY):  # first fragment of a message
+            self.fragments, self.fragment_type = [frame.get_payload_as_bytes()], kind
+        elif kind is WSMsgType.CONTINUATION and self.fragments is not None:
+            self.fragments.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), None
+                if len(data) > MAX_MESSAGE_BYTES:
+                    transport.send_close(WSCloseCode.MESSAGE_TOO_BIG)
+                    transport.disconnect()
+                elif self.fragment_type is WSMsgType.BINARY:
+                    self.relay._audio(self, data)
+                else:
+                    self.relay._text(self, data)
 
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
-        self.calls = 0
+    def _closed_by_client(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.close_status is None:
+            if frame.payload_size >= 2:
+                code = int(frame.get_close_code())
+                self.close_status = (code, f"Client-side close frame status set to '{code}'")
+                transport.send_close(frame.get_close_code())
+            else:
+                self.close_status = (1005, "Client-side close frame status not set")
+                transport.send_close(WSCloseCode.OK)
+        transport.disconnect()
 
-    def post_all(self, connection_id: str, texts: Iterable[str]) -> bool:
-        texts = list(texts)
-        self.calls += len(texts)
-        return self._relay._post(connection_id, texts)
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.relay._spawn(self.relay._finish(self, self.close_status or (1006, "Connection lost")))
 
+    # sending -------------------------------------------------------------------------------
+    def send_texts(self, texts: list[str]) -> bool:
+        """Write server messages in order; False: the connection is gone (or stopped reading)."""
+        transport = self.transport
+        if transport is None or transport.is_disconnected or transport.is_close_frame_sent:
+            return False
+        if transport.underlying_transport.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            logger.warning("client does not read our messages; treated as gone", extra=self.log())
+            transport.disconnect(graceful=False)
+            return False
+        for text in texts:
+            transport.send(WSMsgType.TEXT, text.encode())
+        return True
 
-class _QueueWriter:
-    """The service's record writer: records join their session's queue behind its audio.
-
-    ``delivered`` in the answer means "taken by the relay", which then delivers each record or
-    records what it could not (see :mod:`audiohook.relay.buffer`).
-    """
-
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
-
-    def put(self, entries: Sequence[tuple[str, bytes]]) -> PutOutcome:
-        entries = list(entries)
-        if entries:
-            self._relay._from_thread(self._relay._enqueue_records, entries)
-        return PutOutcome(delivered=len(entries))
-
-
-def _close_status(ws: ServerConnection) -> tuple[int, str]:
-    """``disconnectStatusCode`` and ``disconnectReason`` in API Gateway's wording where it has one."""
-    protocol = ws.protocol
-    received, sent = protocol.close_rcvd, protocol.close_sent
-    if received is not None and (sent is None or protocol.close_rcvd_then_sent):
-        if received.code == 1005:
-            return 1005, "Client-side close frame status not set"
-        return received.code, f"Client-side close frame status set to '{received.code}'"
-    if sent is not None:
-        return sent.code, f"Server-side close: {sent.reason}" if sent.reason else "Server-side close"
-    return 1006, "Connection lost"
-
-
-def _source_ip(ws: ServerConnection, request: Request) -> str:
-    forwarded = request.headers.get("X-Forwarded-For", "")  # behind the load balancer
-    if forwarded:
-        return forwarded.split(",")[0].strip()
-    address = ws.remote_address
-    return str(address[0]) if address else ""
+    def close(self, code: WSCloseCode, reason: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        if self.close_status is None:
+            self.close_status = (code.value, f"Server-side close: {reason}")
+        if not transport.is_close_frame_sent:
+            transport.send_close(code, reason.encode())
+        transport.disconnect()
 
 
 # --------------------------------------------------------------------------- the relay
 class Relay:
     """The relay server. ``async with Relay(service, host="127.0.0.1", port=0) as relay: relay.url``.
 
-    ``service`` is built as for the Lambdas (e.g. ``wiring.build_service``); the relay runs a
-    copy of it whose session store, poster and record writer are the relay's, and sends the
-    records through the original record writer (``service.records``, a KinesisWriter). Unset
-    options come from ``service.settings`` (``RELAY_*``).
+    ``service`` is built as for the Lambdas (e.g. ``wiring.build_service``); the relay runs its
+    ``on_connect`` (through a store that keeps the created item in memory), its policy, clock
+    and metrics, and sends the records through its record writer (``service.records``, a
+    KinesisWriter). Unset options come from ``service.settings`` (``RELAY_*``).
     """
 
     def __init__(
@@ -261,7 +386,7 @@ class Relay:
         max_pause_s: float = 1.0,
         max_inflight: int = 4,
         max_requeues: int = 3,
-        workers: int = 32,
+        workers: int = 16,
         final_flush_s: float = 15.0,
     ) -> None:
         settings = service.settings
@@ -277,31 +402,30 @@ class Relay:
         self._workers = workers
         self._final_flush_s = final_flush_s
         self._writer: RecordWriter = service.records
+        if isinstance(self._writer, KinesisWriter):
+            PreparedBodies.install(self._writer.client)
         self.store = CachedSessionStore(service.store)
         self.buffer = AudioBuffer(
             settings.relay_max_buffer_bytes if max_buffer_bytes is None else max_buffer_bytes,
             max_requeues=max_requeues, wall_clock=service.clock,
         )
         self.counters = RelayCounters()
-        self._poster = _SocketPoster(self)
-        # The same service, with the relay's adapters. Messages are applied one at a time in
-        # arrival order, so a missing predecessor is a real gap: never wait for it.
         self.service = copy.copy(service)
-        self.service.settings = dataclasses.replace(settings, predecessor_wait_ms=0)
         self.service.store = self.store
-        self.service.records = _QueueWriter(self)
-        self.service.poster_for = self._poster_for
+        self._policy = service.policy
+        self._clock = service.clock
+        self._metrics = service.metrics
         self._links: dict[str, _Link] = {}
-        self._accepted: dict[ServerConnection, _Link] = {}  # upgrade accepted, handshake not done
+        self._gates: set[_UpgradeGate] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._kinesis_pool: ThreadPoolExecutor | None = None
-        self._server: Server | None = None
+        self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()
+        self._paused: list[_Link] = []  # links not read while the buffer makes room
+        self._pause_timer: asyncio.TimerHandle | None = None
         self._no_links = asyncio.Event()
         self._drained = asyncio.Event()
         self._overflowing = False
@@ -312,18 +436,11 @@ class Relay:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> Self:
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="relay")
         self._kinesis_pool = ThreadPoolExecutor(self._max_inflight, thread_name_prefix="relay-kinesis")
-        self._room.set()
         self._no_links.set()
-        self._server = await serve(
-            self._serve, self.host, self._port,
-            process_request=self._on_request, process_response=self._on_response,
-            compression=None,  # audio does not compress; inflating every frame would cost CPU
-            max_size=MAX_MESSAGE_BYTES, max_queue=64,
-            ping_interval=30, ping_timeout=30, close_timeout=5, server_header=None,
-        )
+        self._server = await self._loop.create_server(lambda: _UpgradeGate(self), self.host, self._port,
+                                                      reuse_address=True, backlog=4096)
         self._flusher = self._spawn(self._flush_loop())
         self._spawn(self._log_metrics())
         logger.info("relay listening", extra={"url": self.url, "flush_ms": self._flush_s * 1000,
@@ -398,6 +515,7 @@ class Relay:
             "kinesis_retries": c.kinesis_retries,
             "kinesis_failed_entries": c.kinesis_failed_entries,
             "dynamodb_calls": self.store.calls,
+            "dynamodb_saves": c.dynamodb_saves,
             "gaps": b.gaps,
             "dropped": b.frames_dropped,
             "dropped_bytes": b.bytes_dropped,
@@ -423,46 +541,53 @@ class Relay:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._executor, function, *args)
 
-    def _from_thread(self, callback: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:
-            callback(*args)
-        else:
-            self._loop.call_soon_threadsafe(callback, *args)
-
     def _shutdown_pools(self) -> None:
         for pool in (self._executor, self._kinesis_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
         self._executor = self._kinesis_pool = None
 
-    def _poster_for(self, event: APIGatewayWebSocketEvent) -> _SocketPoster:
-        return self._poster
+    # ------------------------------------------------------------------ upgrade
+    async def _upgrade(self, gate: _UpgradeGate, head: bytes, end: int) -> None:
+        try:
+            answer = await self._decide(gate, _parse_request(head[:end]))
+        except Exception:
+            logger.exception("upgrade failed")
+            self.counters.errors += 1
+            answer = _http_answer(500, "Internal Server Error\n")
+        if isinstance(answer, _Link):
+            if gate.lost:  # the client left while $connect ran
+                await self._finish(answer, (1006, "WebSocket handshake failed"))
+            else:
+                gate.hand_over(answer)
+        else:
+            gate.answer(answer)
 
-    # ------------------------------------------------------------------ HTTP side of the upgrade
-    async def _on_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        path, _, query = request.path.partition("?")
+    async def _decide(self, gate: _UpgradeGate, request: _Request | None) -> bytes | _Link:
+        """The answer to one HTTP request: bytes to send, or the accepted connection."""
+        if request is None:
+            return _http_answer(400, "Bad request\n")
+        path = request.target.partition("?")[0]
         if path == HEALTH_PATH:
-            if self.draining:
-                return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
-            return ws.respond(HTTPStatus.OK, "ok\n")
+            return _http_answer(503, "draining\n") if self.draining else _http_answer(200, "ok\n")
         if path == METRICS_PATH:
-            response = ws.respond(HTTPStatus.OK, json.dumps(self.metrics()) + "\n")
-            response.headers["Content-Type"] = "application/json"
-            return response
+            return _http_answer(200, json.dumps(self.metrics()) + "\n", "application/json")
         if self.draining:
             self.counters.upgrades_refused_draining += 1
-            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down\n")
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return ws.respond(HTTPStatus.UPGRADE_REQUIRED, "WebSocket upgrade required\n")
+            return _http_answer(503, "Server is shutting down\n")
+        if (request.method != "GET" or request.header("Upgrade").lower() != "websocket"
+                or not request.header("Sec-WebSocket-Key")):
+            return _http_answer(426, "WebSocket upgrade required\n")
+        if request.header("Sec-WebSocket-Version") != "13":
+            return _http_answer(400, "Sec-WebSocket-Version must be 13\n")
+        forwarded = request.header("X-Forwarded-For")  # behind the load balancer
+        peer = gate.transport.get_extra_info("peername") if gate.transport is not None else None
         connection = Connection(
-            domain_name=request.headers.get("Host", ""), stage=request.path[1:], api_id=RELAY_API_ID,
-            source_ip=_source_ip(ws, request), user_agent=request.headers.get("User-Agent", ""),
+            domain_name=request.header("Host"), stage=request.target[1:], api_id=RELAY_API_ID,
+            source_ip=forwarded.split(",")[0].strip() if forwarded else (str(peer[0]) if peer else ""),
+            user_agent=request.header("User-Agent"),
         )
-        event = connection.connect(
-            list(request.headers.raw_items()),
-            query=query,
-        )
+        event = connection.connect(request.headers, query=request.target.partition("?")[2])
         try:
             result: RouteResult = await self._call(self.service.on_connect, event)
             status = int(result.response.get("statusCode", 200))
@@ -470,69 +595,32 @@ class Relay:
             logger.exception("$connect failed", extra={"connection_id": connection.connection_id})
             self.counters.errors += 1
             result, status = RouteResult({"statusCode": 500}), 500
-        if status != HTTPStatus.OK or result.session is None:
+        stored = self.store.take_created(connection.connection_id)
+        if status != HTTPStatus.OK or result.session is None or stored is None:
             self.counters.upgrades_rejected += 1
-            try:
-                phrase = HTTPStatus(status).phrase
-            except ValueError:
-                phrase = "Rejected"
-            return ws.respond(status, f"{phrase}\n")
-        key = result.session.session_id or connection.connection_id
-        self._accepted[ws] = _Link(connection, ws, self.buffer.open_session(key))
-        return None
+            phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Rejected"
+            return _http_answer(status, f"{phrase}\n")
+        key = stored.session.session_id or connection.connection_id
+        return _Link(self, connection, stored, self.buffer.open_session(key))
 
-    def _on_response(self, ws: ServerConnection, request: Request, response: Response) -> None:
-        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
-            link = self._accepted.pop(ws, None)
-            if link is not None:  # $connect accepted it, but the handshake itself failed
-                self._spawn(self._finish(link, (1006, "WebSocket handshake failed")))
-
-    # ------------------------------------------------------------------ WebSocket side
-    async def _serve(self, ws: ServerConnection) -> None:
-        link = self._accepted.pop(ws, None)
-        if link is None:  # pragma: no cover - every handshake that succeeds was accepted first
-            return
+    def _connected(self, link: _Link) -> None:
         self._links[link.id] = link
         self._no_links.clear()
         self.counters.sessions_total += 1
         logger.info("session connected", extra=link.log())
-        try:
-            await self._read(link)
-        except ConnectionClosed:
-            pass
-        except Exception:
-            logger.exception("relay connection failed", extra=link.log())
-            self.counters.errors += 1
-        finally:
-            await self._finish(link)
 
-    async def _read(self, link: _Link) -> None:
-        buffer = self.buffer
-        lane = link.lane
-        async for message in link.ws:
-            if isinstance(message, str):
-                await self._text(link, message)
-                continue
-            if lane.locked():  # a server action (drain's disconnect) is under way: after it
-                async with lane:
-                    pass
-            problem = self._audio(link, message)
-            if problem is not None:
-                await self._audio_problem(link, problem)
-            if buffer.buffered >= buffer.high_watermark and not self._overflowing:
-                await self._backpressure()
-
-    def _audio(self, link: _Link, frame: bytes) -> Outcome | None:
+    # ------------------------------------------------------------------ the connection's driver
+    def _audio(self, link: _Link, frame: bytes) -> None:
         """The per-frame hot path: account the frame in the core, queue it for Kinesis."""
-        stored = self.store.cached(link.id)
-        if stored is None:  # pragma: no cover - cached from $connect until $disconnect
-            self.counters.frames_ignored += 1
-            return None
-        session = stored.session
+        session = link.session
         start = session.position
         problem = receive_audio(session, len(frame))
         if problem is not None:
-            return problem
+            if not problem.replies and not problem.lifecycle:
+                self.counters.frames_ignored += 1
+            else:
+                self._apply(link, problem)
+            return
         counters = self.counters
         counters.frames += 1
         counters.audio_bytes += len(frame)
@@ -545,106 +633,135 @@ class Relay:
         buffer.append(audio, start, session.position, frame, self._loop.time())
         if buffer.pending_records >= MAX_RECORDS_PER_CALL or buffer.pending_bytes >= MAX_BYTES_PER_CALL:
             self._wake.set()
-        return None
+        if buffer.buffered >= buffer.high_watermark and not self._overflowing:
+            self._pause(link)
 
-    async def _audio_problem(self, link: _Link, problem: Outcome) -> None:
-        if not problem.replies and not problem.lifecycle:
-            self.counters.frames_ignored += 1
-            return
-        self.counters.protocol_errors += 1
-        async with link.lane:
-            await self._call(self._save_and_deliver, link, problem)
-
-    async def _text(self, link: _Link, text: str) -> None:
-        event = link.connection.message(text)
-        async with link.lane:
-            try:
-                result: RouteResult = await self._call(self.service.on_message, event)
-            except Exception:
-                logger.exception("$default failed", extra=link.log())
-                self.counters.errors += 1
-                return
+    def _text(self, link: _Link, data: bytes) -> None:
         self.counters.messages += 1
-        if result.outcome.violation:
-            self.counters.protocol_errors += 1
-
-    def _save_and_deliver(self, link: _Link, outcome: Outcome) -> None:
-        """Persist a session the relay changed itself, then send the outcome the service's way
-        (replies in seq order, delivered mark, lifecycle records). Runs in a worker thread."""
-        stored = self.store.load(link.id)
-        if stored is None:
+        try:
+            message = parse_client_message(data)
+            outcome = receive(link.session, message, self._policy, self._clock())
+        except Exception:
+            logger.exception("message failed", extra=link.log())
+            self.counters.errors += 1
             return
-        if not self.store.save(stored):
-            logger.error("session item not saved; delivering anyway", extra=link.log())
-        event = APIGatewayWebSocketEvent(link.connection.message(""))
-        self.service.deliver(event, stored, outcome)
+        self._apply(link, outcome)
 
-    def _post(self, connection_id: str, texts: list[str]) -> bool:
-        """Send server messages in order on the connection's socket; False: gone. Worker threads only."""
-        link = self._links.get(connection_id)
-        if link is None or self._loop is None:
-            return False
-        if threading.get_ident() == self._loop_thread:
-            raise RuntimeError("replies are posted from worker threads, never from the event loop")
-        future = asyncio.run_coroutine_threadsafe(self._send(link, texts), self._loop)
-        try:
-            return future.result(timeout=SEND_TIMEOUT_S)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            logger.warning("client did not take our messages in time; treated as gone", extra=link.log())
-            return False
+    def _apply(self, link: _Link, outcome: Outcome) -> None:
+        """Send the replies (in seq order), queue the lifecycle records, save the session."""
+        session = link.session
+        if outcome.violation:
+            # With a reply it is the session's one protocol error; without, input after the end.
+            self.counters.protocol_errors += 1
+            log = logger.warning if outcome.replies else logger.info
+            log("protocol error" if outcome.replies else "input ignored",
+                extra=link.log() | {"info": outcome.violation})
+            self._metrics.add_metric("ProtocolErrors" if outcome.replies else "InputIgnored", "Count", 1)
+        if outcome.replies:
+            if not link.send_texts([reply.to_json() for reply in outcome.replies]):
+                logger.info("connection gone; replies dropped", extra=link.log())
+                self._metrics.add_metric("GoneConnections", "Count", 1)
+        if outcome.lifecycle:
+            if any(item.event == "opened" for item in outcome.lifecycle):
+                self._metrics.add_metric("ProbeSessions" if session.probe else "CallSessions", "Count", 1)
+            self._queue_records(link, outcome)
+            self._persist(link)
 
-    @staticmethod
-    async def _send(link: _Link, texts: list[str]) -> bool:
-        try:
-            for text in texts:
-                await link.ws.send(text)
-        except ConnectionClosed:
+    def _queue_records(self, link: _Link, outcome: Outcome) -> None:
+        session = link.session
+        at = datetime.fromtimestamp(self._clock(), UTC)
+        key = link.audio.key
+        self.buffer.add_records(link.audio, [
+            encode_lifecycle_record(key, item.event, at, session.position, session.probe, item.data)
+            for item in outcome.lifecycle])
+        if self._stopping:
+            self._wake.set()
+
+    # ------------------------------------------------------------------ DynamoDB write-through
+    def _persist(self, link: _Link) -> asyncio.Task[None]:
+        """Save the session in the background: one save at a time per connection, in order;
+        what changes meanwhile goes in the next save."""
+        link.dirty = True
+        if link.saver is None or link.saver.done():
+            link.saver = self._spawn(self._save_loop(link))
+        return link.saver
+
+    async def _save_loop(self, link: _Link) -> None:
+        while link.dirty:
+            link.dirty = False
+            snapshot = StoredSession(link.id, dataclasses.replace(link.session), link.stored.version,
+                                     link.session.seq, api_key=link.stored.api_key)
+            try:
+                saved = await self._call(self._save, snapshot)
+            except Exception:
+                logger.exception("session item not saved", extra=link.log())
+                self.counters.errors += 1
+                continue
+            link.stored.version = snapshot.version
+            if not saved:
+                logger.error("session item changed behind the relay's back; not saved", extra=link.log())
+
+    def _save(self, snapshot: StoredSession) -> bool:
+        """Worker thread: the session item and its delivered mark (every reply is written)."""
+        self.counters.dynamodb_saves += 1
+        if not self.store.save(snapshot):
             return False
+        if snapshot.session.seq:
+            self.store.mark_delivered(snapshot.connection_id, snapshot.session.seq)
         return True
 
-    async def _backpressure(self) -> None:
-        """Stop reading until the flusher has made room (at most ``max_pause_s``)."""
+    # ------------------------------------------------------------------ backpressure
+    def _pause(self, link: _Link) -> None:
+        """Stop reading this socket until the flusher has made room (at most ``max_pause_s``)."""
+        if link.transport is None:
+            return
         self.counters.backpressure_pauses += 1
-        self._room.clear()
+        link.transport.underlying_transport.pause_reading()
+        self._paused.append(link)
         self._wake.set()
-        try:
-            await asyncio.wait_for(self._room.wait(), self._max_pause_s)
-        except TimeoutError:
-            if not self._overflowing:
-                logger.warning("Kinesis is not keeping up: reading resumes and audio beyond the buffer "
-                               "limit is dropped and recorded as gaps",
-                               extra={"buffered_bytes": self.buffer.buffered, "max_bytes": self.buffer.max_bytes})
-            self._overflowing = True
+        if self._pause_timer is None:
+            assert self._loop is not None
+            self._pause_timer = self._loop.call_later(self._max_pause_s, self._overflow)
 
-    async def _finish(self, link: _Link, status: tuple[int, str] | None = None) -> None:
-        """The socket is gone: ``$disconnect``, once; the session's queue is forgotten once sent."""
+    def _overflow(self) -> None:
+        self._pause_timer = None
+        if not self._overflowing:
+            logger.warning("Kinesis is not keeping up: reading resumes and audio beyond the buffer "
+                           "limit is dropped and recorded as gaps",
+                           extra={"buffered_bytes": self.buffer.buffered, "max_bytes": self.buffer.max_bytes})
+        self._overflowing = True
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
+        paused, self._paused = self._paused, []
+        for link in paused:
+            if link.transport is not None and not link.transport.is_disconnected:
+                link.transport.underlying_transport.resume_reading()
+
+    # ------------------------------------------------------------------ end of a connection
+    async def _finish(self, link: _Link, status: tuple[int, str]) -> None:
+        """The socket is gone: the final state is saved, then ``disconnected`` is queued, last."""
         if link.finished:
             return
         link.finished = True
         self._links.pop(link.id, None)
-        code, reason = status or _close_status(link.ws)
-        async with link.lane:
+        code, reason = status
+        outcome = finish(link.session, self._clock(), code, reason)
+        if outcome.lifecycle:
+            logger.info("session finished", extra=link.log() | {"state": link.session.state.value})
+            saver = self._persist(link)
             try:
-                await self._call(self.service.on_disconnect, link.connection.disconnect(code, reason))
-            except Exception:
-                logger.exception("$disconnect failed", extra=link.log())
-                self.counters.errors += 1
-        self.store.forget(link.id)
-        self.buffer.finish(link.audio.key)
+                await asyncio.shield(saver)
+            except Exception:  # pragma: no cover - _save_loop logs its own failures
+                pass
+            self._queue_records(link, outcome)
+        self.buffer.finish(link.audio)
         logger.info("session disconnected", extra=link.log() | {"status_code": code, "reason": reason})
         if not self._links:
             self._no_links.set()
-
-    def _enqueue_records(self, entries: list[tuple[str, bytes]]) -> None:
-        """Lifecycle records from the service (on the event loop), in order, per session."""
-        start = 0
-        for index in range(1, len(entries) + 1):
-            if index == len(entries) or entries[index][0] != entries[start][0]:
-                self.buffer.add_records(entries[start][0], [data for _, data in entries[start:index]])
-                start = index
-        if self._stopping:
-            self._wake.set()
 
     # ------------------------------------------------------------------ Kinesis
     async def _flush_loop(self) -> None:
@@ -688,8 +805,9 @@ class Relay:
         buffer = self.buffer
         buffer.settle(batch, failures, self._loop.time())
         if buffer.buffered < buffer.low_watermark:
-            self._room.set()
             self._overflowing = False
+            if self._paused:
+                self._resume_reading()
         if self._stopping or buffer.buffered >= buffer.high_watermark or buffer.pending_records >= MAX_RECORDS_PER_CALL:
             self._wake.set()
 
@@ -724,14 +842,23 @@ class Relay:
         remaining = list(self._links.values())
         if remaining:
             logger.info("disconnecting the sessions still open", extra={"sessions": len(remaining)})
-            await asyncio.gather(*(self._server_disconnect(link) for link in remaining))
+            for link in remaining:
+                if not link.finished:
+                    self._apply(link, disconnect(link.session, "completed", SHUTDOWN_INFO))
             await self._wait_no_links(self._close_wait_s)
         if self._server is not None:
-            self._server.close(code=1001, reason=SHUTDOWN_INFO)  # the rest: closed, then $disconnect
-            await self._server.wait_closed()
-        for link in list(self._accepted.values()):
+            self._server.close()
+        for link in list(self._links.values()):  # the rest: closed, then finished
+            link.close(WSCloseCode.GOING_AWAY, SHUTDOWN_INFO)
+        await self._wait_no_links(self._close_wait_s)
+        for link in list(self._links.values()):  # pragma: no cover - a socket that never closed
             await self._finish(link, (1001, "Going away"))
-        self._accepted.clear()
+        for gate in list(self._gates):
+            if gate.transport is not None:
+                gate.transport.abort()
+        while any(not task.done() and task.get_coro().__name__ in ("_upgrade", "_finish", "_save_loop")  # type: ignore[union-attr]
+                  for task in self._tasks if task is not asyncio.current_task()):
+            await asyncio.sleep(0.01)
         await self._stop_flusher()
         for task in list(self._tasks):
             if task is not asyncio.current_task():
@@ -739,24 +866,6 @@ class Relay:
         self._server = None
         logger.info("relay drained", extra={"metrics": self.metrics()})
         self._drained.set()
-
-    async def _server_disconnect(self, link: _Link) -> None:
-        async with link.lane:
-            if link.finished:
-                return
-            try:
-                await self._call(self._disconnect_session, link)
-            except Exception:
-                logger.exception("server disconnect failed", extra=link.log())
-                self.counters.errors += 1
-
-    def _disconnect_session(self, link: _Link) -> None:
-        stored = self.store.load(link.id)
-        if stored is None:
-            return
-        outcome = disconnect(stored.session, "completed", SHUTDOWN_INFO)
-        if outcome.replies or outcome.lifecycle:
-            self._save_and_deliver(link, outcome)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -796,7 +905,9 @@ async def serve_relay(settings: Settings | None = None, *, service: AudioHookSer
 
 
 def main() -> None:
-    sys.exit(asyncio.run(serve_relay()))
+    import uvloop  # the relay's event loop in production: its sockets cost less CPU than asyncio's
+
+    sys.exit(uvloop.run(serve_relay()))
 
 
 if __name__ == "__main__":
