@@ -246,6 +246,106 @@ async def _with_relay(aws: Aws, body: Callable[[Relay], Awaitable[T]], **options
         return await body(relay)
 
 
+# --- one connection, one ordered stream (the relay's own sequencing) --------------------------
+
+
+def test_a_message_repeating_the_previous_seq_is_a_protocol_error_on_the_relay(aws: Aws) -> None:
+    # A TCP stream cannot duplicate: the very same ping sent twice is a wrong seq, not a duplicate.
+    s = str(uuid.uuid4())
+    ping = message(s, "ping", 2, 1)
+    steps: list[Step] = [message(s, "open", 1, 0, open_parameters(*CALL_IDS)), ping, ping,
+                         message(s, "close", 3, 3, {"reason": "error"})]
+
+    got = run(_with_relay(aws, lambda relay: through_relay(relay, steps, s)))
+
+    assert [(m["type"], m["seq"], m["clientseq"]) for m in got] == [
+        ("opened", 1, 1), ("pong", 2, 2), ("disconnect", 3, 2), ("closed", 4, 3)]
+    assert got[2]["parameters"] == {"reason": "error",
+                                    "info": "ping.seq is 2 but the previous client seq was 2; expected 3"}
+    errors = [r for r in lifecycle_of(session_records(aws, s)) if r.event == "error"]
+    assert [e.data["info"] for e in errors] == ["ping.seq is 2 but the previous client seq was 2; expected 3"]
+
+
+def test_a_ping_flood_gets_every_pong_in_order(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> list[dict[str, Any]]:
+        ws = await open_socket(relay, s)
+        await ws.send(json.dumps(message(s, "open", 1, 0, open_parameters(*CALL_IDS))))
+        replies = [await receive(ws)]
+        for seq in range(2, 202):  # 200 pings back to back, never waiting for a pong
+            await ws.send(json.dumps(message(s, "ping", seq, 1)))
+        replies += [await receive(ws) for _ in range(200)]
+        await ws.send(json.dumps(message(s, "close", 202, 201, {"reason": "end"})))
+        replies.append(await receive(ws))
+        await ws.close()
+        return replies
+
+    got = run(_with_relay(aws, scenario))
+
+    assert [(m["type"], m["seq"], m["clientseq"]) for m in got] == (
+        [("opened", 1, 1)] + [("pong", n, n) for n in range(2, 202)] + [("closed", 202, 202)])
+
+
+def test_a_burst_then_a_dropped_socket_keeps_every_frame_in_place_and_ends_with_disconnected(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+    frames = [frame(n) for n in range(50)]  # 10 s of audio sent as fast as the socket takes it
+
+    async def scenario(relay: Relay) -> Relay:
+        ws = await open_socket(relay, s)
+        await ws.send(json.dumps(message(s, "open", 1, 0, open_parameters(*CALL_IDS))))
+        await receive(ws)
+        for n, data in enumerate(frames):
+            await ws.send(data)
+            if n % 10 == 9:
+                await ws.send(json.dumps(message(s, "ping", 2 + n // 10, 1)))
+        for _ in range(5):
+            assert (await receive(ws))["type"] == "pong"
+        ws.transport.abort()  # no close frame: the connection is simply lost
+        await eventually(lambda: relay.sessions() == 0)
+        return relay
+
+    metrics = run(_with_relay(aws, scenario, flush_ms=50)).metrics()  # once stopped: everything flushed
+
+    records = session_records(aws, s)
+    audio = audio_of(records)
+    assert b"".join(r.audio for r in audio) == b"".join(frames)
+    assert [r.position for r in audio] == [sum(a.sample_count for a in audio[:i]) for i in range(len(audio))]
+    assert isinstance(records[-1], LifecycleRecord) and records[-1].event == "disconnected"
+    assert {k: records[-1].data[k] for k in ("frames", "audioBytes", "position", "statusCode", "outcome")} == {
+        "frames": 50, "audioBytes": 50 * FRAME, "position": 50 * SAMPLES, "statusCode": 1006, "outcome": "abandoned"}
+    assert metrics["frames_delivered"] == 50 and metrics["gaps"] == 0
+
+
+def test_a_session_id_used_again_gets_a_queue_of_its_own(aws: Aws) -> None:
+    # The first connection's records still wait for Kinesis when the second one (same session
+    # id, other media) streams: each keeps its own layout and positions.
+    s = str(uuid.uuid4())
+    mono = open_parameters(*CALL_IDS) | {"media": [
+        {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000}]}
+
+    async def one(relay: Relay, parameters: dict[str, Any], data: bytes) -> None:
+        ws = await open_socket(relay, s)
+        await ws.send(json.dumps(message(s, "open", 1, 0, parameters)))
+        await receive(ws)
+        await ws.send(data)
+        await ws.send(json.dumps(message(s, "close", 2, 1, {"reason": "end"})))
+        await receive(ws)
+        await ws.close()
+
+    async def scenario(relay: Relay) -> None:
+        await one(relay, open_parameters(*CALL_IDS), frame(1))
+        await one(relay, mono, frame(2))
+
+    run(_with_relay(aws, scenario, flush_ms=1000))
+
+    audio = [r for r in session_records(aws, s) if isinstance(r, AudioRecord)]
+    assert [(r.position, r.channels, r.audio) for r in audio] == [
+        (0, ("external", "internal"), frame(1)), (0, ("external",), frame(2))]
+    events = [r.event for r in lifecycle_of(session_records(aws, s))]
+    assert events == ["opened", "closed", "disconnected"] * 2
+
+
 # --- probe, upgrade ---------------------------------------------------------------------------
 
 
