@@ -1,28 +1,28 @@
-"""Relay on one core: concurrent real-time stereo PCMU sessions sustained with zero loss, the
-delay from frame receipt to Kinesis acknowledgement, CPU per session, AWS calls per audio
-minute; and, in the same run, the Lambda path's AWS calls per audio minute.
+"""The relay side by side with a read-only floor and the Genesys reference server, in one run.
 
-Method (measured, not derived): the relay runs as its own process (``python -m
-audiohook.relay.server``, exactly as in the container) pinned to CPU 0. Client processes pinned to
-CPU 1 open N sessions (signed upgrade, open/opened) and send one 3200-byte frame (200 ms of
-stereo PCMU) per session every 200 ms at real-time pace, then close. AWS is a counting stub
-endpoint (also on CPU 1): DynamoDB and Secrets Manager answer success, Kinesis PutRecords
-acknowledges every record and checks, per session, that audio positions arrive contiguous.
-N steps up until a step fails. A step passes when: every frame sent reached the stub
-(zero loss, no gap record, nothing dropped, no position hole), the relay's CPU stays under
-90 % of its core over the steady-state window, and the clients' send lag p99 stays under
-100 ms (the relay keeps reading at real-time pace). The summary also gives the largest step
-whose receipt -> Kinesis acknowledgement delay p99 stayed within 1 s.
+Method: every server in turn runs as its own process pinned to CPU 0; the load runs on CPU 1
+(client processes, plus the AWS stub the relay talks to). For each N, every server gets the
+same load: N real-time stereo PCMU sessions (signed upgrade, ``open``/``opened``, a 3,200-byte
+binary frame every 200 ms, a ``ping`` every 5 s, ``close``/``closed``), opened over a ramp
+and then streamed for ``--seconds``. Servers:
 
-On a 2-CPU machine the clients and the stub share CPU 1; when *they* saturate first the
-output says so, and the relay's ceiling is then extrapolated from its measured CPU per
-session (labelled "derived").
+- ``relay``: ``python -m audiohook.relay`` exactly as the container runs it (picows + uvloop),
+  AWS answered by a local counting stub (DynamoDB and Secrets Manager answer success, Kinesis
+  PutRecords acknowledges and counts audio frames and bytes and checks positions per session);
+- ``floor``: a picows + uvloop server on the same library that only reads frames (it answers
+  ``opened``, ``pong`` and ``closed`` with canned text so the client can run the same script);
+- ``ref-loadtest`` and ``ref-recording``: the Genesys reference server's two endpoints
+  (``../shared/peers/genesys-audiohook-reference``, when ``node`` and ``npm`` exist).
 
-The Lambda path is measured in-process against moto: each audio frame is one ``$default``
-invocation (base64 event) through ``service.on_message``; its DynamoDB and Kinesis calls are
-counted by the store's ``calls`` counter and a counting Kinesis client.
+Figures: server CPU from ``/proc/<pid>/stat`` over the steady window divided by the frames sent
+in it (µs per frame); ratios against the floor and the reference's recording endpoint; sessions
+per core at 80 % CPU (derived from µs/frame); open->opened and ping->pong p50/p99 under the load;
+the client's send lag (how late frames left against real time: the load must keep pace); and
+for the relay: frame->Kinesis acknowledgement p50/p99 (relay's /metrics), zero loss (every frame
+in the stub, no gap, nothing dropped, no position hole) and memory per session (RSS growth / N).
 
-Run: python bench/relay_bench.py [--steps 250,500,1000,1500,2000,3000] [--seconds 15]
+Quick: python bench/relay_bench.py --sessions 250 --seconds 10
+Full:  python bench/relay_bench.py --sessions 1000,2000 --seconds 20
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import math
 import multiprocessing
 import os
 import resource
-import signal
+import shutil
 import socket
 import struct
 import subprocess
@@ -50,24 +50,23 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "layers" / "audiohook"), str(REPO / "tests")]
+REFERENCE = REPO.parent / "shared" / "peers" / "genesys-audiohook-reference" / "run.sh"
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
-RELAY_CPU, LOAD_CPU = 0, 1
+SERVER_CPU, LOAD_CPU = 0, 1
 FRAME_BYTES = 3200  # 200 ms, stereo PCMU
 FRAME_S = 0.2
-SAMPLES_PER_FRAME = 1600
+PING_S = 5.0
 API_KEY = "bench-key"
 CLIENT_SECRET = base64.b64encode(b"relay-bench-client-secret-000001").decode()
 ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
-CPU_BOUND = 0.90
-LAG_BOUND_S = 0.100
-DELAY_P99_BOUND_MS = 1000.0  # frame receipt -> Kinesis acknowledgement
 SESSIONS_PER_CLIENT_PROCESS = 1000
+OPENS_PER_SECOND = 500  # the ramp
+BUSY_CPU = 0.80
 
 
 def pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and cpu < os.cpu_count():  # type: ignore[operator]
+    if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {cpu})
 
 
@@ -89,6 +88,36 @@ def percentile(values: list[float], percent: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(len(ordered) * percent / 100) - 1))]
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def http_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited ({process.returncode})")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
 # --------------------------------------------------------------------------- counting AWS stub
 _AUDIO_HEADER = struct.Struct("<4sBH16sQIIHBB2s")
 
@@ -100,28 +129,22 @@ class StubState:
 
     def reset(self) -> None:
         self.calls: Counter[str] = Counter()
-        self.records = 0
-        self.audio_records = 0
-        self.frames = 0
-        self.audio_bytes = 0
+        self.records = self.audio_records = self.frames = self.audio_bytes = self.holes = 0
         self.next_position: dict[bytes, int] = {}
-        self.holes = 0
 
     def put_records(self, records: list[dict[str, str]]) -> None:
         audio = frames = size = holes = 0
-        for record in records:
-            head = base64.b64decode(record["Data"][:60])  # the 45-byte audio header, when it is one
-            if head[:4] != b"AHAU":
-                continue
-            _, _, _, session, position, _, length, count, _, _, _ = _AUDIO_HEADER.unpack(head)
-            audio += 1
-            frames += count
-            size += length
-            with self.lock:
-                expected = self.next_position.get(session, position)
-                holes += position != expected
-                self.next_position[session] = position + length // 2
         with self.lock:
+            for record in records:
+                head = base64.b64decode(record["Data"][:60])  # the 45-byte audio header, when it is one
+                if head[:4] != b"AHAU":
+                    continue
+                _, _, _, session, position, _, length, count, _, _, _ = _AUDIO_HEADER.unpack(head)
+                audio += 1
+                frames += count
+                size += length
+                holes += position != self.next_position.get(session, 0)
+                self.next_position[session] = position + length // 2
             self.records += len(records)
             self.audio_records += audio
             self.frames += frames
@@ -131,8 +154,7 @@ class StubState:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             return {"calls": dict(self.calls), "records": self.records, "audio_records": self.audio_records,
-                    "frames": self.frames, "audio_bytes": self.audio_bytes, "holes": self.holes,
-                    "sessions": len(self.next_position)}
+                    "frames": self.frames, "audio_bytes": self.audio_bytes, "holes": self.holes}
 
 
 def serve_stub(port: int, ready: Any) -> None:
@@ -166,17 +188,15 @@ def serve_stub(port: int, ready: Any) -> None:
 
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            target = self.headers.get("X-Amz-Target", "")
-            operation = target.rpartition(".")[2]
+            operation = self.headers.get("X-Amz-Target", "").rpartition(".")[2]
             with state.lock:
                 state.calls[operation] += 1
             if operation == "PutRecords":
                 records = json.loads(body)["Records"]
                 state.put_records(records)
-                answer = {"FailedRecordCount": 0, "Records": [
-                    {"SequenceNumber": "49590338271490256608559692538361571095921575989136588898",
-                     "ShardId": "shardId-000000000000"}] * len(records)}
-                self._answer(json.dumps(answer).encode())
+                ok = b'{"SequenceNumber":"49590338271490256608559692538361571095921575989136588898",' \
+                     b'"ShardId":"shardId-000000000000"}'
+                self._answer(b'{"FailedRecordCount":0,"Records":[' + b",".join([ok] * len(records)) + b"]}")
             elif operation == "GetSecretValue":
                 self._answer(json.dumps({
                     "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:bench-AbCdEf", "Name": "bench",
@@ -191,295 +211,310 @@ def serve_stub(port: int, ready: Any) -> None:
     server.serve_forever()
 
 
-def http_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
+# --------------------------------------------------------------------------- the floor server
+def floor_server(port: int) -> None:
+    """picows + uvloop, reading frames and nothing else (canned answers to open/ping/close)."""
+    import uvloop
+    from picows import WSListener, WSMsgType, WSTransport, ws_create_server
+
+    canned = {"open": "opened", "ping": "pong", "close": "closed"}
+
+    class Reader(WSListener):  # type: ignore[misc]
+        frames = 0
+
+        def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+            if frame.msg_type is WSMsgType.BINARY:
+                Reader.frames += 1
+            elif frame.msg_type is WSMsgType.TEXT:
+                message = json.loads(frame.get_payload_as_bytes())
+                reply = canned.get(message.get("type"))
+                if reply:
+                    transport.send(WSMsgType.TEXT, json.dumps({
+                        "version": "2", "type": reply, "seq": message["seq"], "clientseq": message["seq"],
+                        "id": message["id"], "parameters": {}}).encode())
+            elif frame.msg_type is WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+    async def main() -> None:
+        from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+
+        def route(request: Any) -> Any:
+            if request.path.startswith(b"/health"):
+                return WSUpgradeResponseWithListener(WSUpgradeResponse.create_ok_response(b"ok\n"), None)
+            return Reader()
+
+        server = await ws_create_server(route, "127.0.0.1", port)
+        await server.serve_forever()
+
+    uvloop.run(main())
 
 
 # --------------------------------------------------------------------------- load: Genesys-like clients
-def client_process(url: str, count: int, seconds: float, start: Any, results: Any) -> None:
-    pin(LOAD_CPU)
-    raise_fd_limit()
-    try:
-        results.put(asyncio.run(_clients(url, count, seconds, start)))
-    except Exception as error:  # pragma: no cover - reported by the parent
-        results.put({"error": repr(error)})
-
-
 class StartLine:
-    """Every client process opens its sessions, says so, then all stream from one ``t0``."""
-
     def __init__(self, processes: int) -> None:
         self.ready = multiprocessing.Queue()
         self.go = multiprocessing.Event()
         self.t0 = multiprocessing.Value("d", 0.0)
         self.processes = processes
 
-    def release(self, lead_s: float = 1.0, timeout_s: float = 600) -> float:
+    def release(self, lead_s: float = 1.0) -> float:
         for _ in range(self.processes):
-            self.ready.get(timeout=timeout_s)
+            self.ready.get(timeout=120)
         self.t0.value = time.time() + lead_s
         self.go.set()
         return float(self.t0.value)
 
 
-async def _clients(url: str, count: int, seconds: float, start: StartLine) -> dict[str, Any]:
-    """Open ``count`` sessions, wait for the start line, stream for ``seconds``, close.
+def client_process(url: str, first: int, count: int, total: int, ramp_s: float, seconds: float,
+                   start: StartLine, results: Any) -> None:
+    pin(LOAD_CPU)
+    raise_fd_limit()
+    try:
+        import uvloop
 
-    Send lag (how late a frame left against its real-time schedule) is measured in the
-    steady state only: from 2 s after the start to 1 s before the end.
-    """
-    from websockets.asyncio.client import ClientConnection, connect
+        results.put(uvloop.run(_clients(url, first, count, total, ramp_s, seconds, start)))
+    except Exception as error:  # pragma: no cover - reported by the parent
+        results.put({"error": repr(error)})
+
+
+async def _clients(url: str, first: int, count: int, total: int, ramp_s: float, seconds: float,
+                   start: StartLine) -> dict[str, Any]:
+    """Sessions ``first..first+count`` of ``total``: session k opens at t0 + ramp_s * k / total and
+    streams from then on, frames on a 200 ms grid spread over the sessions; one sender loop
+    ticks every 5 ms and sends what is due (cheap enough to keep pace at thousands of sessions)."""
+    from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
     from audiohook.tools.client import upgrade_headers
 
+    loop = asyncio.get_running_loop()
     frame = bytes(range(256)) * (FRAME_BYTES // 256) + bytes(FRAME_BYTES % 256)
-    gate = asyncio.Semaphore(64)
+    opens: list[float] = []
+    rtts: list[float] = []
     lags: list[float] = []
     failures: list[str] = []
-    loop = asyncio.get_running_loop()
 
-    def message(session_id: str, kind: str, seq: int, serverseq: int, parameters: dict[str, Any]) -> str:
+    class Session(WSListener):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.waiting: asyncio.Future[dict[str, Any]] | None = None
+            self.pings: dict[int, float] = {}
+            self.seq = 1
+            self.serverseq = 0
+
+        def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+            if frame.msg_type is not WSMsgType.TEXT:
+                return
+            message = json.loads(frame.get_payload_as_bytes())
+            self.serverseq = message["seq"]
+            if message["type"] == "pong":
+                sent = self.pings.pop(message["clientseq"], None)
+                if sent is not None:
+                    rtts.append(time.monotonic() - sent)
+            elif self.waiting is not None and not self.waiting.done():
+                self.waiting.set_result(message)
+
+        async def reply(self) -> dict[str, Any]:
+            self.waiting = loop.create_future()
+            return await asyncio.wait_for(self.waiting, 60)
+
+    def text(session_id: str, kind: str, seq: int, serverseq: int, parameters: dict[str, Any]) -> bytes:
         return json.dumps({"version": "2", "id": session_id, "type": kind, "seq": seq, "serverseq": serverseq,
-                           "position": "PT0S", "parameters": parameters})
+                           "position": "PT0S", "parameters": parameters}).encode()
 
-    async def open_one() -> tuple[ClientConnection, str]:
-        session_id = str(uuid.uuid4())
-        async with gate:
-            headers = upgrade_headers(url, API_KEY, CLIENT_SECRET, organization_id=ORG_ID, session_id=session_id,
-                                      correlation_id=str(uuid.uuid4()), now=time.time())
-            ws = await connect(url, additional_headers=headers, compression=None, ping_interval=None,
-                               open_timeout=120, max_size=None)
-            await ws.send(message(session_id, "open", 1, 0, {
-                "organizationId": ORG_ID, "conversationId": str(uuid.uuid4()),
-                "participant": {"id": str(uuid.uuid4()), "ani": "", "aniName": "", "dnis": ""},
-                "media": [{"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}],
-                "language": None}))
-            opened = json.loads(await asyncio.wait_for(ws.recv(), 60))
-            if opened["type"] != "opened":
-                raise RuntimeError(f"open answered {opened['type']}")
-        return ws, session_id
-
-    async def stream(ws: ClientConnection, session_id: str, index: int, t0: float) -> int:
-        window = (t0 + 2.0, t0 + seconds - 1.0)
-        sent = 0
-        due = t0 + FRAME_S * index / count  # spread the sessions over the 200 ms period
-        end = t0 + seconds
-        while due < end:
-            wait = due - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if window[0] <= due <= window[1]:
-                lags.append(time.time() - due)
-            await ws.send(frame)
-            sent += 1
-            due += FRAME_S
-        await ws.send(message(session_id, "close", 2, 1, {"reason": "end"}))
-        closed = json.loads(await asyncio.wait_for(ws.recv(), 60))
-        if closed["type"] != "closed":
-            failures.append(f"close answered {closed['type']}")
-        await ws.close()
-        return sent
-
-    opened = await asyncio.gather(*(open_one() for _ in range(count)), return_exceptions=True)
-    sockets = [o for o in opened if not isinstance(o, BaseException)]
-    failures += [repr(o) for o in opened if isinstance(o, BaseException)]
-    await loop.run_in_executor(None, start.ready.put, len(sockets))
+    await loop.run_in_executor(None, start.ready.put, count)
     await loop.run_in_executor(None, start.go.wait)
     t0 = float(start.t0.value)
-    outcomes = await asyncio.gather(*(stream(ws, session_id, index, t0)
-                                      for index, (ws, session_id) in enumerate(sockets)), return_exceptions=True)
-    frames = sum(o for o in outcomes if isinstance(o, int))
+    end = t0 + ramp_s + seconds
+    window = (t0 + ramp_s + 1.0, end - 1.0)
+    sent_in_window = 0
+    streaming: list[tuple[float, WSTransport, Session, str]] = []  # (next due, transport, listener, id)
+
+    async def open_one(k: int) -> None:
+        at = t0 + ramp_s * k / total
+        await asyncio.sleep(max(0.0, at - time.time()))
+        session_id = str(uuid.uuid4())
+        began = time.monotonic()
+        headers = upgrade_headers(url, API_KEY, CLIENT_SECRET, organization_id=ORG_ID, session_id=session_id,
+                                  correlation_id=str(uuid.uuid4()), now=time.time())
+        transport, listener = await ws_connect(Session, url, extra_headers=headers, websocket_handshake_timeout=60)
+        transport.send(WSMsgType.TEXT, text(session_id, "open", 1, 0, {
+            "organizationId": ORG_ID, "conversationId": str(uuid.uuid4()),
+            "participant": {"id": str(uuid.uuid4()), "ani": "", "aniName": "", "dnis": ""},
+            "media": [{"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}],
+            "language": None}))
+        opened = await listener.reply()
+        if opened["type"] != "opened":
+            raise RuntimeError(f"open answered {opened['type']}")
+        opens.append(time.monotonic() - began)
+        phase = FRAME_S * k / total
+        due = t0 + phase + FRAME_S * math.ceil((time.time() - t0 - phase) / FRAME_S)
+        streaming.append((due, transport, listener, session_id))
+
+    async def sender() -> None:
+        nonlocal sent_in_window
+        next_ping = {}
+        while True:
+            now = time.time()
+            if now >= end:
+                return
+            for index, (due, transport, listener, session_id) in enumerate(streaming):
+                if due > now:
+                    continue
+                while due <= now and due < end:
+                    if window[0] <= due <= window[1]:
+                        lags.append(now - due)
+                        sent_in_window += 1
+                    transport.send(WSMsgType.BINARY, frame)
+                    due += FRAME_S
+                streaming[index] = (due, transport, listener, session_id)
+                ping_at = next_ping.setdefault(session_id, due + PING_S * (hash(session_id) % 1000) / 1000)
+                if due >= ping_at:
+                    listener.seq += 1
+                    listener.pings[listener.seq] = time.monotonic()
+                    transport.send(WSMsgType.TEXT, text(session_id, "ping", listener.seq, listener.serverseq, {}))
+                    next_ping[session_id] = ping_at + PING_S
+            await asyncio.sleep(0.005)
+
+    opening = asyncio.gather(*(open_one(k) for k in range(first, first + count)), return_exceptions=True)
+    _, outcomes = await asyncio.gather(sender(), opening)
     failures += [repr(o) for o in outcomes if isinstance(o, BaseException)]
-    return {"frames": frames, "sessions": sum(1 for o in outcomes if isinstance(o, int) and o),
-            "failures": failures[:5], "failed": len(failures),
-            "lag_p50": percentile(lags, 50), "lag_p99": percentile(lags, 99), "lag_max": max(lags, default=0.0)}
+
+    async def close(transport: WSTransport, listener: Session, session_id: str) -> None:
+        listener.seq += 1
+        transport.send(WSMsgType.TEXT, text(session_id, "close", listener.seq, listener.serverseq, {"reason": "end"}))
+        closed = await listener.reply()
+        if closed["type"] != "closed":
+            failures.append(f"close answered {closed['type']}")
+        transport.send_close()
+        transport.disconnect()
+
+    closes = await asyncio.gather(*(close(t, li, s) for _, t, li, s in streaming), return_exceptions=True)
+    failures += [repr(o) for o in closes if isinstance(o, BaseException)]
+    return {"opened": len(streaming), "sent_in_window": sent_in_window, "failures": failures[:3],
+            "failed": len(failures), "opens": opens, "rtts": rtts, "lags": lags, "window": window}
 
 
-# --------------------------------------------------------------------------- the relay process
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_relay(port: int, stub_url: str) -> subprocess.Popen[bytes]:
-    env = os.environ | {
-        "AWS_ENDPOINT_URL": stub_url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_SESSION_TOKEN": "bench", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-        "SESSIONS_TABLE": "bench-sessions", "AUDIO_STREAM": "bench-audio", "API_KEYS_SECRET": "bench",
-        "RELAY_PORT": str(port), "RELAY_DRAIN_S": "0", "POWERTOOLS_LOG_LEVEL": "INFO", "LOG_LEVEL": "INFO",
-        "PYTHONPATH": str(REPO / "layers" / "audiohook"),
-    }
-
+# --------------------------------------------------------------------------- servers
+def start_server(kind: str, port: int, stub_url: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """The server process, its WebSocket URL and its health URL."""
     def preexec() -> None:
-        pin(RELAY_CPU)
+        pin(SERVER_CPU)
         raise_fd_limit()
 
-    process = subprocess.Popen([sys.executable, "-m", "audiohook.relay.server"], env=env, preexec_fn=preexec,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the relay did not start")
+    if kind == "relay":
+        env = os.environ | {
+            "AWS_ENDPOINT_URL": stub_url, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_SESSION_TOKEN": "bench", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+            "SESSIONS_TABLE": "bench-sessions", "AUDIO_STREAM": "bench-audio", "API_KEYS_SECRET": "bench",
+            "RELAY_PORT": str(port), "RELAY_DRAIN_S": "0", "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, "-m", "audiohook.relay"]
+        url, health = f"ws://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/health"
+    elif kind == "floor":
+        env = dict(os.environ)
+        command = [sys.executable, __file__, "--floor-server", str(port)]
+        url, health = f"ws://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/health"
+    else:
+        env = dict(os.environ)
+        command = ["bash", str(REFERENCE), str(port), API_KEY, CLIENT_SECRET]
+        path = "/api/v1/loadtest/ws" if kind == "ref-loadtest" else "/api/v1/audiohook/ws"
+        url, health = f"ws://127.0.0.1:{port}{path}", f"http://127.0.0.1:{port}/health/check"
+    process = subprocess.Popen(command, env=env, preexec_fn=preexec, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_http(health, process)
+    return process, url, health
 
 
-def run_step(sessions: int, seconds: float, stub_url: str) -> dict[str, Any]:
+def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str, Any]:
     port = free_port()
     http_json(stub_url + "/reset")
-    relay = start_relay(port, stub_url)
-    metrics_url = f"http://127.0.0.1:{port}/metrics"
+    process, url, _ = start_server(kind, port, stub_url)
     try:
+        time.sleep(0.5)
+        idle_rss = rss_bytes(process.pid)
+        ramp_s = max(1.0, sessions / OPENS_PER_SECOND)
         processes = math.ceil(sessions / SESSIONS_PER_CLIENT_PROCESS)
         start = StartLine(processes)
         results: Any = multiprocessing.Queue()
         workers = []
         for k in range(processes):
-            share = sessions // processes + (k < sessions % processes)
+            first = k * sessions // processes
+            count = (k + 1) * sessions // processes - first
             worker = multiprocessing.Process(target=client_process,
-                                             args=(f"ws://127.0.0.1:{port}/", share, seconds, start, results))
+                                             args=(url, first, count, sessions, ramp_s, seconds, start, results))
             worker.start()
             workers.append(worker)
-        opening = time.time()
         t0 = start.release()
-        open_s = t0 - 1.0 - opening
-        window = (t0 + 2.0, t0 + seconds - 1.0)  # steady state: every session is streaming
+        window = (t0 + ramp_s + 1.0, t0 + ramp_s + seconds - 1.0)
         time.sleep(max(0.0, window[0] - time.time()))
-        cpu0, m0, w0 = cpu_seconds(relay.pid), http_json(metrics_url), time.time()
+        cpu_start = cpu_seconds(process.pid)
         time.sleep(max(0.0, window[1] - time.time()))
-        cpu1, m1, w1 = cpu_seconds(relay.pid), http_json(metrics_url), time.time()
-        loads = [results.get(timeout=seconds + 180) for _ in workers]
+        cpu_used = cpu_seconds(process.pid) - cpu_start
+        rss = rss_bytes(process.pid)
+        loads = [results.get(timeout=120 + seconds) for _ in workers]
         for worker in workers:
             worker.join(30)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            final = http_json(metrics_url)
-            if final["sessions"] == 0 and final["buffered_bytes"] == 0:
-                break
-            time.sleep(0.2)
-        stub = http_json(stub_url + "/stats")
+        metrics = http_json(f"http://127.0.0.1:{port}/metrics") if kind == "relay" else {}
+        if kind == "relay":
+            time.sleep(1.0)  # the last flush
+            metrics = http_json(f"http://127.0.0.1:{port}/metrics")
     finally:
-        relay.send_signal(signal.SIGTERM)
-        exit_code = relay.wait(60)
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
     errors = [load["error"] for load in loads if "error" in load]
-    frames_sent = sum(load.get("frames", 0) for load in loads)
-    window_frames = m1["frames"] - m0["frames"]
-    busy = (cpu1 - cpu0) / (w1 - w0)
-    audio_minutes = frames_sent * FRAME_S / 60
-    dynamodb = sum(n for op, n in stub["calls"].items() if op in ("PutItem", "UpdateItem", "GetItem"))
-    lag_p99 = max((load.get("lag_p99", 0.0) for load in loads), default=0.0)
-    zero_loss = (not errors and stub["frames"] == frames_sent and final["gaps"] == 0 and final["dropped"] == 0
-                 and stub["holes"] == 0 and sum(load.get("failed", 0) for load in loads) == 0)
-    return {
-        "sessions": sessions, "sessions_streaming": sum(load.get("sessions", 0) for load in loads),
-        "frames_sent": frames_sent, "frames_in_kinesis": stub["frames"], "gaps": final["gaps"],
-        "dropped": final["dropped"], "holes": stub["holes"], "errors": errors,
-        "failures": [f for load in loads for f in load.get("failures", [])],
-        "zero_loss": zero_loss, "relay_cpu_busy": busy,
-        "cpu_us_per_frame": (cpu1 - cpu0) / window_frames * 1e6 if window_frames else float("nan"),
-        "cpu_per_session_pct": busy / sessions * 100,
-        "delay_p50_ms": final["delay_ms"]["p50"], "delay_p99_ms": final["delay_ms"]["p99"],
-        "lag_p99_ms": lag_p99 * 1000, "lag_max_ms": max((load.get("lag_max", 0.0) for load in loads), default=0) * 1000,
-        "kinesis_calls": stub["calls"].get("PutRecords", 0), "kinesis_records": stub["records"],
-        "audio_records": stub["audio_records"], "dynamodb_calls": dynamodb, "audio_minutes": audio_minutes,
-        "kinesis_calls_per_audio_min": stub["calls"].get("PutRecords", 0) / audio_minutes if audio_minutes else 0,
-        "kinesis_records_per_audio_min": stub["records"] / audio_minutes if audio_minutes else 0,
-        "dynamodb_calls_per_session": dynamodb / sessions,
-        "relay_exit_code": exit_code,
-        "open_s": open_s,
-        "load_saturated": lag_p99 > LAG_BOUND_S and busy < CPU_BOUND,
-        "passed": zero_loss and busy < CPU_BOUND and lag_p99 <= LAG_BOUND_S and exit_code == 0,
+    loads = [load for load in loads if "error" not in load]
+    frames = sum(load["sent_in_window"] for load in loads)
+    opens = [x for load in loads for x in load["opens"]]
+    rtts = [x for load in loads for x in load["rtts"]]
+    lags = [x for load in loads for x in load["lags"]]
+    window_s = window[1] - window[0]
+    result = {
+        "server": kind, "sessions": sessions, "opened": sum(load["opened"] for load in loads),
+        "failed": sum(load["failed"] for load in loads) + len(errors),
+        "failures": errors + [f for load in loads for f in load["failures"]][:3],
+        "cpu_busy": cpu_used / window_s, "us_per_frame": cpu_used / frames * 1e6 if frames else float("nan"),
+        "open_p50_ms": percentile(opens, 50) * 1000, "open_p99_ms": percentile(opens, 99) * 1000,
+        "pong_p50_ms": percentile(rtts, 50) * 1000, "pong_p99_ms": percentile(rtts, 99) * 1000,
+        "lag_p99_ms": percentile(lags, 99) * 1000, "lag_max_ms": max(lags, default=0.0) * 1000,
+        "rss_per_session_kib": (rss - idle_rss) / sessions / 1024,
     }
-
-
-# --------------------------------------------------------------------------- our code alone
-def hot_path_us_per_frame(frames: int = 200_000) -> dict[str, float]:
-    """receive_audio + queue + record encoding + settle, in-process, no sockets, no AWS."""
-    from audiohook.relay.buffer import AudioBuffer
-    from audiohook.session import Session, State, receive_audio
-
-    sessions = 1000
-    media = {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
-    buffer = AudioBuffer(1 << 30, wall_clock=time.time)
-    pairs = []
-    for _ in range(sessions):
-        session = Session(session_id=str(uuid.uuid4()), state=State.ACTIVE, media=dict(media))
-        audio = buffer.open_session(session.session_id or "")
-        audio.bind(media, False)
-        pairs.append((session, audio))
-    frame = bytes(FRAME_BYTES)
-    started = time.process_time()
-    for _ in range(frames // sessions):
-        for session, audio in pairs:
-            start = session.position
-            receive_audio(session, FRAME_BYTES)
-            buffer.append(audio, start, session.position, frame, 0.0)
-        while (batch := buffer.take_batch()) is not None:
-            buffer.settle(batch, {}, 0.0)
-    elapsed = time.process_time() - started
-    return {"us_per_frame": elapsed / frames * 1e6}
-
-
-# --------------------------------------------------------------------------- the Lambda path
-def lambda_path_calls(frames: int = 300) -> dict[str, float]:
-    """AWS calls of service.on_message for binary ($default, base64) events, per frame."""
-    import boto3
-    from moto import mock_aws
-
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    from audiohook.aws.stream import KinesisWriter
-    from audiohook.aws.wiring import build_service
-    from conftest import API_KEY as TEST_KEY
-    from conftest import CLIENT_SECRET as TEST_SECRET
-    from conftest import Client, embedded_aws, open_parameters
-
-    class CountingKinesis:
-        def __init__(self, client: Any) -> None:
-            self._client, self.calls = client, 0
-            self.exceptions, self.meta = client.exceptions, client.meta
-
-        def put_records(self, **kwargs: Any) -> Any:
-            self.calls += 1
-            return self._client.put_records(**kwargs)
-
-    with mock_aws():
-        aws = embedded_aws({TEST_KEY: TEST_SECRET})
-        kinesis = CountingKinesis(boto3.client("kinesis"))
-        service = build_service(aws.settings, dynamodb=aws.dynamodb, kinesis=aws.kinesis)
-        service.records = KinesisWriter(kinesis, aws.settings.audio_stream)
-        client = Client(service)
-        assert client.connect() == {"statusCode": 200}
-        client.send(client.message("open", open_parameters("4c3d4d4e-8f5a-4f43-9b0c-1a2b3c4d5e6f",
-                                                           "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")))
-        store_before, kinesis_before = service.store.calls, kinesis.calls
-        frame = bytes(FRAME_BYTES)
-        started = time.process_time()
-        for _ in range(frames):
-            client.send(frame)
-        cpu = time.process_time() - started
-        return {"dynamodb_per_frame": (service.store.calls - store_before) / frames,
-                "kinesis_per_frame": (kinesis.calls - kinesis_before) / frames,
-                "cpu_ms_per_frame_incl_moto": cpu / frames * 1000}
+    if kind == "relay":
+        stub = http_json(stub_url + "/stats")
+        result |= {
+            "frames_received": metrics.get("frames"), "frames_in_kinesis": stub["frames"],
+            "zero_loss": (stub["frames"] == metrics.get("frames") and stub["holes"] == 0
+                          and metrics.get("gaps") == 0 and metrics.get("dropped") == 0),
+            "kinesis_p50_ms": metrics["delay_ms"]["p50"], "kinesis_p99_ms": metrics["delay_ms"]["p99"],
+            "put_records_calls": stub["calls"].get("PutRecords", 0), "audio_records": stub["audio_records"],
+            "dynamodb_calls": sum(v for k, v in stub["calls"].items() if k in ("PutItem", "UpdateItem", "GetItem")),
+        }
+    return result
 
 
 # --------------------------------------------------------------------------- report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", default="250,500,1000,1500,2000,3000,4000")
-    parser.add_argument("--seconds", type=float, default=15.0, help="streaming time per step")
+    parser.add_argument("--sessions", default="1000,2000", help="comma-separated N")
+    parser.add_argument("--seconds", type=float, default=20.0, help="streaming time after the ramp")
+    parser.add_argument("--servers", default="relay,floor,ref-recording,ref-loadtest")
+    parser.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_server:
+        floor_server(args.floor_server)
+        return
     pin(LOAD_CPU)
     raise_fd_limit()
-    cpus = os.cpu_count() or 1
-    print(f"machine: {cpus} CPUs; relay pinned to CPU {RELAY_CPU}, clients and the AWS stub to CPU {LOAD_CPU}")
-    print("AWS for the relay: counting local stub endpoint (DynamoDB + Secrets Manager answer success, "
-          "Kinesis PutRecords acknowledges and checks positions); Lambda path: moto in-process")
-    print("method: measured (client processes stream real-time sessions), "
-          f"{args.seconds:g} s per step, 3200-byte frames every 200 ms\n")
+    servers = args.servers.split(",")
+    if not (shutil.which("node") and shutil.which("npm") and REFERENCE.exists()):
+        servers = [s for s in servers if not s.startswith("ref-")]
+        print("reference server skipped: node/npm or ../shared/peers not found")
+    print(f"machine: {os.cpu_count()} CPUs; each server pinned to CPU {SERVER_CPU}; load clients and the AWS stub "
+          f"on CPU {LOAD_CPU}; load: real-time stereo PCMU, {FRAME_BYTES}-byte frames every {FRAME_S * 1000:.0f} ms, "
+          f"a ping every {PING_S:g} s; sessions opened at {OPENS_PER_SECOND}/s, then {args.seconds:g} s streamed")
 
     stub_port = free_port()
     ready = multiprocessing.Event()
@@ -487,72 +522,37 @@ def main() -> None:
     stub.start()
     ready.wait(10)
     stub_url = f"http://127.0.0.1:{stub_port}"
+    try:
+        for sessions in (int(s) for s in args.sessions.split(",")):
+            rows = {kind: run_one(kind, sessions, args.seconds, stub_url) for kind in servers}
+            report(sessions, rows)
+    finally:
+        stub.terminate()
 
-    header = (f"{'sessions':>8} {'zero loss':>9} {'relay CPU':>9} {'µs/frame':>8} {'CPU/sess':>9} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'lag p99':>8} {'PutRecords/min':>14}  verdict")
+
+def report(sessions: int, rows: dict[str, dict[str, Any]]) -> None:
+    print(f"\nN = {sessions} sessions")
+    header = (f"{'server':14} {'CPU':>5} {'µs/frame':>9} {'sess/core@80%':>13} {'open p50/p99 ms':>16} "
+              f"{'pong p50/p99 ms':>16} {'lag p99 ms':>10} {'KiB/sess':>8} {'failed':>6}")
     print(header)
     print("-" * len(header))
-    steps = []
-    for sessions in (int(s) for s in args.steps.split(",")):
-        step = run_step(sessions, args.seconds, stub_url)
-        steps.append(step)
-        verdict = "ok" if step["passed"] else ("clients saturated" if step["load_saturated"] else "FAILED")
-        print(f"{sessions:>8} {('yes' if step['zero_loss'] else 'NO'):>9} {step['relay_cpu_busy']:>8.0%} "
-              f"{step['cpu_us_per_frame']:>8.1f} {step['cpu_per_session_pct']:>8.3f}% "
-              f"{step['delay_p50_ms'] or 0:>7.0f} {step['delay_p99_ms'] or 0:>7.0f} {step['lag_p99_ms']:>7.0f}m "
-              f"{step['kinesis_calls'] / (args.seconds / 60):>14.0f}  {verdict}", flush=True)
-        if step["errors"] or step["failures"]:
-            print(f"         errors: {step['errors'] or step['failures']}")
-        if not step["passed"]:
-            break
-    stub.terminate()
-
-    passed = [s for s in steps if s["passed"]]
-    best = passed[-1] if passed else None
-    prompt = [s for s in passed if (s["delay_p99_ms"] or 0) <= DELAY_P99_BOUND_MS]
-    print()
-    if best:
-        print(f"max sustained (measured): {best['sessions']} concurrent sessions on one core, zero loss "
-              f"(relay CPU {best['relay_cpu_busy']:.0%}, delay receipt->Kinesis ack p50 {best['delay_p50_ms']:.0f} ms, "
-              f"p99 {best['delay_p99_ms']:.0f} ms)")
-    if prompt and prompt[-1] is not best:
-        print(f"  with delay p99 <= {DELAY_P99_BOUND_MS:.0f} ms as well: {prompt[-1]['sessions']} sessions "
-              f"(p50 {prompt[-1]['delay_p50_ms']:.0f} ms, p99 {prompt[-1]['delay_p99_ms']:.0f} ms)")
-    per_frame = [s["cpu_us_per_frame"] for s in steps if s["zero_loss"] and s["sessions"] >= 500]
-    if per_frame:
-        us = min(per_frame)
-        derived = int(CPU_BOUND * 1e6 / (us * (1 / FRAME_S)))
-        print(f"relay CPU per frame: {us:.1f} µs (reference server: 17 µs) -> {us * 5 / 1000:.3f} ms CPU per "
-              f"session-second; derived ceiling at {CPU_BOUND:.0%} of one core: ~{derived} sessions")
-        if steps[-1]["load_saturated"]:
-            print("  (the last step was limited by the clients/stub sharing CPU 1, not by the relay)")
-    hot = hot_path_us_per_frame()
-    print(f"our per-frame code alone (receive_audio + queue + encode + settle, in-process): "
-          f"{hot['us_per_frame']:.2f} µs/frame; the rest is websockets framing and botocore's PutRecords")
-
-    lam = lambda_path_calls()
-    ref = best or (steps[-1] if steps else None)
-    if ref is None:
+    for kind, row in rows.items():
+        per_core = int(BUSY_CPU * 1e6 / (row["us_per_frame"] / FRAME_S)) if row["us_per_frame"] == row["us_per_frame"] else 0
+        print(f"{kind:14} {row['cpu_busy']:>5.0%} {row['us_per_frame']:>9.1f} {per_core:>13,} "
+              f"{row['open_p50_ms']:>7.0f}/{row['open_p99_ms']:<8.0f} {row['pong_p50_ms']:>7.1f}/{row['pong_p99_ms']:<8.1f}"
+              f" {row['lag_p99_ms']:>10.1f} {row['rss_per_session_kib']:>8.1f} {row['failed']:>6}")
+        if row["failures"]:
+            print(f"    failures: {row['failures']}")
+    relay = rows.get("relay")
+    if relay is None:
         return
-    per_min = 60 / FRAME_S
-    relay_kinesis = ref["kinesis_calls_per_audio_min"]
-    lambda_kinesis = lam["kinesis_per_frame"] * per_min
-    lambda_dynamodb = lam["dynamodb_per_frame"] * per_min
-    rows = [
-        ("Lambda invocations", per_min, 0.0),
-        ("DynamoDB calls (audio)", lambda_dynamodb, 0.0),
-        ("Kinesis PutRecords calls", lambda_kinesis, relay_kinesis),
-        ("Kinesis records", lambda_kinesis, ref["kinesis_records_per_audio_min"]),
-        ("AWS API calls (DynamoDB + Kinesis)", lambda_dynamodb + lambda_kinesis, relay_kinesis),
-    ]
-    print(f"\nper audio minute (one session, 300 frames), relay at {ref['sessions']} sessions:")
-    print(f"{'':36} {'Lambda path':>12} {'relay':>10} {'ratio':>10}")
-    for name, lambda_value, relay_value in rows:
-        ratio = f"{lambda_value / relay_value:,.0f}x" if relay_value else "-"
-        print(f"{name:36} {lambda_value:>12,.1f} {relay_value:>10,.3f} {ratio:>10}")
-    print(f"(relay control path, not per audio minute: {ref['dynamodb_calls_per_session']:.1f} DynamoDB calls "
-          f"per session for upgrade+open+close+disconnect; Lambda path per frame: "
-          f"{lam['dynamodb_per_frame']:.0f} DynamoDB + {lam['kinesis_per_frame']:.0f} Kinesis calls)")
+    print(f"relay: zero loss {'yes' if relay['zero_loss'] else 'NO'} ({relay['frames_in_kinesis']} frames in "
+          f"Kinesis of {relay['frames_received']} received), frame->Kinesis ack p50 {relay['kinesis_p50_ms']} ms, "
+          f"p99 {relay['kinesis_p99_ms']} ms; {relay['put_records_calls']} PutRecords calls, "
+          f"{relay['audio_records']} audio records; {relay['dynamodb_calls']} DynamoDB calls")
+    for kind in ("floor", "ref-recording", "ref-loadtest"):
+        if kind in rows:
+            print(f"relay / {kind}: {relay['us_per_frame'] / rows[kind]['us_per_frame']:.2f}x µs per frame")
 
 
 if __name__ == "__main__":
