@@ -3,8 +3,8 @@
 Method: every server in turn runs as its own process pinned to CPU 0; the load runs on CPU 1
 (client processes, plus the AWS stub the relay talks to). For each N, every server gets the
 same load: N real-time stereo PCMU sessions (signed upgrade, ``open``/``opened``, a 3,200-byte
-binary frame every 200 ms, a ``ping`` every 5 s, ``close``/``closed``), opened over a ramp
-and then streamed for ``--seconds``. Servers:
+binary frame every 200 ms, a ``ping`` every 5 s, ``close``/``closed``), opened over a ramp;
+once all are open and streaming, a steady window of ``--seconds`` is measured. Servers:
 
 - ``relay``: ``python -m audiohook.relay`` exactly as the container runs it (picows + uvloop),
   AWS answered by a local counting stub (DynamoDB and Secrets Manager answer success, Kinesis
@@ -252,10 +252,17 @@ def floor_server(port: int) -> None:
 
 # --------------------------------------------------------------------------- load: Genesys-like clients
 class StartLine:
+    """Every client process says it is ready, then all run from one ``t0``. The parent opens
+    the steady window once every session is open (``opened``), and ends the run (``end``)."""
+
     def __init__(self, processes: int) -> None:
         self.ready = multiprocessing.Queue()
         self.go = multiprocessing.Event()
         self.t0 = multiprocessing.Value("d", 0.0)
+        self.opened = multiprocessing.Value("i", 0)
+        self.tried = multiprocessing.Value("i", 0)
+        self.window = multiprocessing.Array("d", [math.inf, math.inf])
+        self.end = multiprocessing.Value("d", math.inf)
         self.processes = processes
 
     def release(self, lead_s: float = 1.0) -> float:
@@ -266,19 +273,19 @@ class StartLine:
         return float(self.t0.value)
 
 
-def client_process(url: str, first: int, count: int, total: int, ramp_s: float, seconds: float,
+def client_process(url: str, first: int, count: int, total: int, ramp_s: float,
                    start: StartLine, results: Any) -> None:
     pin(LOAD_CPU)
     raise_fd_limit()
     try:
         import uvloop
 
-        results.put(uvloop.run(_clients(url, first, count, total, ramp_s, seconds, start)))
+        results.put(uvloop.run(_clients(url, first, count, total, ramp_s, start)))
     except Exception as error:  # pragma: no cover - reported by the parent
         results.put({"error": repr(error)})
 
 
-async def _clients(url: str, first: int, count: int, total: int, ramp_s: float, seconds: float,
+async def _clients(url: str, first: int, count: int, total: int, ramp_s: float,
                    start: StartLine) -> dict[str, Any]:
     """Sessions ``first..first+count`` of ``total``: session k opens at t0 + ramp_s * k / total and
     streams from then on, frames on a 200 ms grid spread over the sessions; one sender loop
@@ -325,12 +332,17 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float, 
     await loop.run_in_executor(None, start.ready.put, count)
     await loop.run_in_executor(None, start.go.wait)
     t0 = float(start.t0.value)
-    end = t0 + ramp_s + seconds
-    window = (t0 + ramp_s + 1.0, end - 1.0)
     sent_in_window = 0
     streaming: list[tuple[float, WSTransport, Session, str]] = []  # (next due, transport, listener, id)
 
     async def open_one(k: int) -> None:
+        try:
+            await open_session(k)
+        finally:
+            with start.tried.get_lock():
+                start.tried.value += 1
+
+    async def open_session(k: int) -> None:
         at = t0 + ramp_s * k / total
         await asyncio.sleep(max(0.0, at - time.time()))
         session_id = str(uuid.uuid4())
@@ -342,11 +354,13 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float, 
             "organizationId": ORG_ID, "conversationId": str(uuid.uuid4()),
             "participant": {"id": str(uuid.uuid4()), "ani": "", "aniName": "", "dnis": ""},
             "media": [{"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}],
-            "language": None}))
+            "language": "en-US"}))
         opened = await listener.reply()
         if opened["type"] != "opened":
-            raise RuntimeError(f"open answered {opened['type']}")
+            raise RuntimeError(f"open answered {opened['type']}: {opened.get('parameters')}")
         opens.append(time.monotonic() - began)
+        with start.opened.get_lock():
+            start.opened.value += 1
         phase = FRAME_S * k / total
         due = t0 + phase + FRAME_S * math.ceil((time.time() - t0 - phase) / FRAME_S)
         streaming.append((due, transport, listener, session_id))
@@ -356,6 +370,8 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float, 
         next_ping = {}
         while True:
             now = time.time()
+            end = start.end.value
+            window = tuple(start.window)
             if now >= end:
                 return
             for index, (due, transport, listener, session_id) in enumerate(streaming):
@@ -392,7 +408,7 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float, 
     closes = await asyncio.gather(*(close(t, li, s) for _, t, li, s in streaming), return_exceptions=True)
     failures += [repr(o) for o in closes if isinstance(o, BaseException)]
     return {"opened": len(streaming), "sent_in_window": sent_in_window, "failures": failures[:3],
-            "failed": len(failures), "opens": opens, "rtts": rtts, "lags": lags, "window": window}
+            "failed": len(failures), "opens": opens, "rtts": rtts, "lags": lags}
 
 
 # --------------------------------------------------------------------------- servers
@@ -442,20 +458,25 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
             first = k * sessions // processes
             count = (k + 1) * sessions // processes - first
             worker = multiprocessing.Process(target=client_process,
-                                             args=(url, first, count, sessions, ramp_s, seconds, start, results))
+                                             args=(url, first, count, sessions, ramp_s, start, results))
             worker.start()
             workers.append(worker)
         t0 = start.release()
-        window = (t0 + ramp_s + 1.0, t0 + ramp_s + seconds - 1.0)
+        deadline = t0 + ramp_s + 120
+        while start.tried.value < sessions and time.time() < deadline and all(w.is_alive() for w in workers):
+            time.sleep(0.1)
+        window = (time.time() + 2.0, time.time() + 2.0 + seconds)  # steady: every session open and streaming
+        start.window[0], start.window[1] = window
+        start.end.value = window[1] + 0.5
         time.sleep(max(0.0, window[0] - time.time()))
         cpu_start = cpu_seconds(process.pid)
         time.sleep(max(0.0, window[1] - time.time()))
         cpu_used = cpu_seconds(process.pid) - cpu_start
         rss = rss_bytes(process.pid)
-        loads = [results.get(timeout=120 + seconds) for _ in workers]
+        loads = [results.get(timeout=180) for _ in workers]
         for worker in workers:
             worker.join(30)
-        metrics = http_json(f"http://127.0.0.1:{port}/metrics") if kind == "relay" else {}
+        metrics: dict[str, Any] = {}
         if kind == "relay":
             time.sleep(1.0)  # the last flush
             metrics = http_json(f"http://127.0.0.1:{port}/metrics")
@@ -471,7 +492,7 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
     opens = [x for load in loads for x in load["opens"]]
     rtts = [x for load in loads for x in load["rtts"]]
     lags = [x for load in loads for x in load["lags"]]
-    window_s = window[1] - window[0]
+    window_s = seconds
     result = {
         "server": kind, "sessions": sessions, "opened": sum(load["opened"] for load in loads),
         "failed": sum(load["failed"] for load in loads) + len(errors),

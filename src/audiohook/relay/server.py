@@ -692,7 +692,7 @@ class Relay:
             snapshot = StoredSession(link.id, dataclasses.replace(link.session), link.stored.version,
                                      link.session.seq, api_key=link.stored.api_key)
             try:
-                saved = await self._call(self._save, snapshot)
+                saved = await self._call(self._save, snapshot, link.finished)
             except Exception:
                 logger.exception("session item not saved", extra=link.log())
                 self.counters.errors += 1
@@ -701,12 +701,13 @@ class Relay:
             if not saved:
                 logger.error("session item changed behind the relay's back; not saved", extra=link.log())
 
-    def _save(self, snapshot: StoredSession) -> bool:
-        """Worker thread: the session item and its delivered mark (every reply is written)."""
+    def _save(self, snapshot: StoredSession, final: bool) -> bool:
+        """Worker thread: the session item; the final save also sets its delivered mark (every
+        reply was written to the socket as it was made)."""
         self.counters.dynamodb_saves += 1
         if not self.store.save(snapshot):
             return False
-        if snapshot.session.seq:
+        if final and snapshot.session.seq:
             self.store.mark_delivered(snapshot.connection_id, snapshot.session.seq)
         return True
 
