@@ -6,6 +6,8 @@ moto never fails a PutRecords call on its own: faults are injected on the real c
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +24,7 @@ from audiohook.aws.stream import (
     MISSING_RESULT,
     RECORD_TOO_LARGE,
     KinesisWriter,
+    PreparedBodies,
     PutOutcome,
     UndeliveredEntry,
 )
@@ -391,3 +394,34 @@ def test_one_writer_serves_several_threads(kinesis: Any) -> None:
 def test_max_attempts_must_allow_one_call(kinesis: Any) -> None:
     with pytest.raises(ValueError, match="max_attempts must be at least 1, not 0"):
         KinesisWriter(kinesis, STREAM, max_attempts=0)
+
+
+# --- prepared request bodies (the relay's PutRecords) -----------------------------------------
+
+
+def test_prepared_bodies_carry_every_record_byte_exact(kinesis: Any) -> None:
+    sent: list[bytes] = []
+    kinesis.meta.events.register("before-send.kinesis.PutRecords", lambda request, **_: sent.append(request.body))
+    PreparedBodies.install(kinesis)
+    PreparedBodies.install(kinesis)  # a second install changes nothing
+    expected = entries(700, size=3245) + [(SESSION_A, bytes(range(256)))]
+
+    outcome = writer(kinesis).put(expected)
+
+    assert outcome == PutOutcome(delivered=701, calls=2, entries_sent=701)
+    assert_exactly_once(kinesis, expected)
+    body = json.loads(sent[1])  # the request botocore signed and sent: the model's JSON, built by hand
+    assert body["StreamName"] == STREAM and len(body["Records"]) == 201
+    assert body["Records"][-1] == {"Data": base64.b64encode(bytes(range(256))).decode(), "PartitionKey": SESSION_A}
+
+
+def test_prepared_bodies_keep_partial_failures_and_retries(kinesis: Any) -> None:
+    faults = Faults(entry_errors=lambda call, index, data: THROUGHPUT if call == 1 and index % 3 == 0 else None)
+    faults.install(kinesis)
+    PreparedBodies.install(kinesis)
+    expected = entries(30)
+
+    outcome = writer(kinesis).put(expected)
+
+    assert outcome.delivered == 30 and outcome.calls == 2 and outcome.entries_sent == 40
+    assert_exactly_once(kinesis, expected)
