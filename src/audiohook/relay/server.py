@@ -67,6 +67,7 @@ from audiohook.aws.store import SessionStore, StoredSession
 from audiohook.aws.stream import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, PutOutcome
 from audiohook.config import Settings
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
+from audiohook.relay.metrics import RelayMetrics
 from audiohook.session import Outcome, Session, disconnect, receive_audio
 
 logger = Logger(service="audiohook")
@@ -163,6 +164,7 @@ class RelayCounters:
     protocol_errors: int = 0
     kinesis_calls: int = 0
     kinesis_retries: int = 0
+    kinesis_throttles: int = 0
     kinesis_failed_entries: int = 0
     backpressure_pauses: int = 0
     errors: int = 0  # unexpected exceptions (each one is logged)
@@ -263,6 +265,7 @@ class Relay:
         max_requeues: int = 3,
         workers: int = 32,
         final_flush_s: float = 15.0,
+        metrics_interval_s: float | None = None,
     ) -> None:
         settings = service.settings
         self.host = host
@@ -291,6 +294,10 @@ class Relay:
         self.service.store = self.store
         self.service.records = _QueueWriter(self)
         self.service.poster_for = self._poster_for
+        # CloudWatch metrics (EMF on stdout): the service's counts plus the relay's, per interval.
+        self.emf = RelayMetrics(settings.metrics_namespace)
+        self.service.metrics = self.emf
+        self._metrics_interval_s = float(settings.relay_metrics_s if metrics_interval_s is None else metrics_interval_s)
         self._links: dict[str, _Link] = {}
         self._accepted: dict[ServerConnection, _Link] = {}  # upgrade accepted, handshake not done
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -326,6 +333,7 @@ class Relay:
         )
         self._flusher = self._spawn(self._flush_loop())
         self._spawn(self._log_metrics())
+        self._spawn(self.emf.run(self, self._metrics_interval_s))
         logger.info("relay listening", extra={"url": self.url, "flush_ms": self._flush_s * 1000,
                                              "max_buffer_bytes": self.buffer.max_bytes, "drain_s": self.drain_s})
         return self
@@ -674,6 +682,7 @@ class Relay:
             failures = {entry.index: entry.error_code for entry in outcome.undelivered}
             self.counters.kinesis_calls += outcome.calls
             self.counters.kinesis_retries += outcome.retries
+            self.counters.kinesis_throttles += outcome.throttled
         except Exception as error:  # the writer never raises for AWS errors; anything else is a bug
             logger.exception("Kinesis writer failed")
             self.counters.errors += 1
@@ -737,6 +746,7 @@ class Relay:
             if task is not asyncio.current_task():
                 task.cancel()
         self._server = None
+        self.emf.flush(self)  # the last interval, Kinesis' final answers included
         logger.info("relay drained", extra={"metrics": self.metrics()})
         self._drained.set()
 
