@@ -101,7 +101,7 @@ _UPGRADE_REJECTION_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("clock", re.compile(r"is in the future|is older than|expired at")),
     ("missing_key", re.compile(r"^missing X-API-KEY")),
     ("unsigned", re.compile(r"^request is not signed")),
-    ("bad_signature", re.compile(r"^signature does not match|unknown API key")),
+    ("bad_signature", re.compile(r"^signature does not verify")),
 )
 UPGRADE_REJECTION_CLASSES = tuple(name for name, _ in _UPGRADE_REJECTION_CLASSES) + (
     "malformed", "draining", "internal")

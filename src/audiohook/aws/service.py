@@ -129,6 +129,7 @@ class AudioHookService:
             max_age_s=self.settings.signature_max_age_s, clock_skew_s=self.settings.signature_clock_skew_s,
         )
         log = {"connection_id": connection_id, "session_id": verdict.session_id}
+        logger.thread_safe_append_keys(**{key: value for key, value in log.items() if value is not None})
         if verdict.nonce is not None and verdict.ok and not self.store.remember_nonce(
                 verdict.nonce, verdict.nonce_expires_at or 0):
             verdict = dataclasses.replace(verdict, ok=False, reason="signature nonce was already used (replay)")
@@ -206,6 +207,7 @@ class AudioHookService:
 
     def deliver(self, event: APIGatewayWebSocketEvent, stored: StoredSession, outcome: Outcome) -> RouteResult:
         """Post the replies (in seq order), mark them delivered, emit the lifecycle records."""
+        self._bind(stored)
         result = RouteResult(OK, stored.session, outcome)
         if outcome.violation:
             # With a reply it is the session's one protocol error; without, input after the end.
@@ -281,6 +283,12 @@ class AudioHookService:
         breakdown = (metric.breakdown, by) if by is not None and metric.breakdown else None
         self.metrics.add_metric(metric.name, metric.unit, value, breakdown)
 
+    @classmethod
+    def _bind(cls, stored: StoredSession) -> None:
+        """Every later log line of this invocation (thread) names the session (the fronts clear
+        these keys before each route call)."""
+        logger.thread_safe_append_keys(**{key: value for key, value in cls._log(stored).items() if value is not None})
+
     @staticmethod
     def _log(stored: StoredSession) -> dict[str, Any]:
         return {
@@ -298,6 +306,7 @@ class AudioHookService:
             stored = self.store.load(connection_id)
             if stored is None:
                 return RouteResult(OK)
+            self._bind(stored)
             outcome = finish(stored.session, self.clock(), context.disconnect_status_code, context.disconnect_reason)
             if not outcome.lifecycle:
                 return RouteResult(OK, stored.session)

@@ -75,7 +75,9 @@ def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # Local fronts pass no Lambda context and run routes in threads of one process, so keys
-        # are added per thread by hand, not by inject_lambda_context.
+        # are added per thread by hand, not by inject_lambda_context; the service adds the
+        # session's ids once it knows them. Nothing of a previous invocation stays.
+        logger.thread_safe_clear_keys()
         logger.thread_safe_append_keys(
             route=route, request_id=getattr(context, "aws_request_id", None),
             connection_id=event.get("requestContext", {}).get("connectionId"),

@@ -429,7 +429,7 @@ class Relay:
     async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
         """Run blocking service code (boto3) in the worker pool."""
         assert self._loop is not None
-        return await self._loop.run_in_executor(self._executor, function, *args)
+        return await self._loop.run_in_executor(self._executor, _with_fresh_log_keys, function, *args)
 
     def _from_thread(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -767,6 +767,12 @@ class Relay:
         outcome = disconnect(stored.session, "completed", SHUTDOWN_INFO)
         if outcome.replies or outcome.lifecycle:
             self._save_and_deliver(link, outcome)
+
+
+def _with_fresh_log_keys(function: Callable[..., _T], *args: Any) -> _T:
+    """Run service code in a worker thread with no log keys of the session it worked for before."""
+    logger.thread_safe_clear_keys()
+    return function(*args)
 
 
 # --------------------------------------------------------------------------- entry point
