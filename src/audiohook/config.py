@@ -46,6 +46,8 @@ class Settings:
     relay_flush_ms: int = 200
     relay_max_buffer_bytes: int = 256 * 1024 * 1024
     relay_drain_s: int = 60
+    # How often the relay publishes its CloudWatch metrics (EMF lines on stdout).
+    relay_metrics_s: int = 60
     metrics_namespace: str = "AudioHook"
     # botocore reads AWS_ENDPOINT_URL itself; kept here so a change of it is a change of settings.
     aws_endpoint_url: str = ""
@@ -73,6 +75,7 @@ class Settings:
             relay_flush_ms=_int(env, "RELAY_FLUSH_MS", defaults.relay_flush_ms),
             relay_max_buffer_bytes=_int(env, "RELAY_MAX_BUFFER_BYTES", defaults.relay_max_buffer_bytes),
             relay_drain_s=_int(env, "RELAY_DRAIN_S", defaults.relay_drain_s),
+            relay_metrics_s=_int(env, "RELAY_METRICS_S", defaults.relay_metrics_s),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
             metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", defaults.metrics_namespace),
         )

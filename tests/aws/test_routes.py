@@ -77,6 +77,10 @@ def test_lambda_handlers_answer_and_emit_cloudwatch_metrics(aws, monkeypatch, ca
     posted = aws.posted(client.connection.connection_id)
     assert [m["type"] for m in posted] == ["disconnect"]
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
-    names = [metric["Name"] for doc in emf for metric in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]]
-    assert names == ["Connections", "ProtocolErrors"]
-    assert emf[-1]["ProtocolErrors"] == [1.0] or emf[-1]["ProtocolErrors"] == 1.0
+    published = [(sorted(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0]),
+                  [metric["Name"] for metric in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]]) for doc in emf]
+    # One document per invocation, plus one per breakdown value (the kind of the protocol error).
+    assert published == [(["Front", "service"], ["Connections"]), (["Front", "service"], ["ProtocolErrors"]),
+                         (["Front", "Kind", "service"], ["ProtocolErrors"])]
+    assert [(doc["Front"], doc["service"]) for doc in emf] == [("apigateway", "audiohook")] * 3
+    assert (emf[1]["ProtocolErrors"], emf[2]["ProtocolErrors"], emf[2]["Kind"]) == ([1.0], [1.0], "malformed")

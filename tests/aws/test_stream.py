@@ -23,6 +23,7 @@ from audiohook.aws.stream import (
     MAX_RECORD_BYTES,
     MISSING_RESULT,
     RECORD_TOO_LARGE,
+    THROTTLE_ERRORS,
     KinesisWriter,
     PreparedBodies,
     PutOutcome,
@@ -175,7 +176,8 @@ def test_only_the_failed_entries_of_a_partial_failure_are_sent_again(kinesis: An
 
     outcome = writer(kinesis, sleeps).put(batch)
 
-    assert outcome == PutOutcome(delivered=30, calls=2, entries_sent=40, retries=1, slept_s=0.05)
+    # Every third entry of the first call was refused for throughput: 10 throttled records.
+    assert outcome == PutOutcome(delivered=30, calls=2, entries_sent=40, retries=1, slept_s=0.05, throttled=10)
     assert faults.sent[1] == [data for index, (_, data) in enumerate(batch) if index % 3 == 0]
     assert sleeps.delays == [0.05]
     assert_exactly_once(kinesis, batch)
@@ -251,7 +253,8 @@ def test_throttled_calls_are_retried_with_growing_pauses(kinesis: Any, code: str
     outcome = writer(kinesis, sleeps).put(batch)
 
     assert outcome == PutOutcome(
-        delivered=25, calls=4, entries_sent=100, retries=3, slept_s=sum(CEILINGS[:3])
+        delivered=25, calls=4, entries_sent=100, retries=3, slept_s=sum(CEILINGS[:3]),
+        throttled=3 * 25 if code in THROTTLE_ERRORS else 0,  # server faults are retried, not throttles
     )
     assert sleeps.delays == CEILINGS[:3]
     assert faults.sent == [[data for _, data in batch]] * 4
@@ -270,7 +273,7 @@ def test_a_call_throttled_every_time_reports_every_entry_after_max_attempts(kine
         UndeliveredEntry(index, key, data, "ThrottlingException", "injected ThrottlingException", 10)
         for index, (key, data) in enumerate(batch)
     )
-    assert (outcome.calls, outcome.entries_sent, outcome.retries) == (10, 30, 9)
+    assert (outcome.calls, outcome.entries_sent, outcome.retries, outcome.throttled) == (10, 30, 9, 30)
     assert sleeps.delays == CEILINGS + [2.0, 2.0]  # capped at max_delay_s
     assert read_stream(kinesis) == []
 

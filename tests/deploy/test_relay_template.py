@@ -52,7 +52,8 @@ def test_the_relay_is_off_by_default_and_everything_of_it_is_conditional(templat
         "Type": "String", "Default": "false", "AllowedValues": ["true", "false"],
         "Description": template["Parameters"]["DeployRelay"]["Description"],
     }
-    for name in ("RelayCertificateArn", "RelayImageUri", "RelayVpcId", "RelaySubnetIds", "RelayDesiredCount"):
+    for name in ("RelayCertificateArn", "RelayImageUri", "RelayVpcId", "RelaySubnetIds", "RelayMinTasks",
+                 "RelayMaxTasks", "RelaySessionsPerTask", "RelayCpuTarget"):
         assert name in template["Parameters"], name
     assert template["Conditions"]["CreateRelay"] == {"Fn::Equals": [{"Ref": "DeployRelay"}, "true"]}
     resources = relay_resources(template)
@@ -150,5 +151,4 @@ def test_only_the_load_balancer_reaches_the_tasks(template: dict[str, Any]) -> N
     assert ingress["SourceSecurityGroupId"] == {"Fn::GetAtt": ["RelayLoadBalancerSecurityGroup", "GroupId"]}
     assert (ingress["FromPort"], ingress["ToPort"]) == (8080, 8080)
     service = only(template, "AWS::ECS::Service")
-    assert service["DesiredCount"] == {"Ref": "RelayDesiredCount"}
     assert service["LoadBalancers"][0]["ContainerPort"] == 8080

@@ -283,7 +283,7 @@ def test_environment_names_match_settings_from_env(template: dict[str, Any]) -> 
         assert REQUIRED_ENV <= set(variables), name
         assert set(variables) - POWERTOOLS_ENV <= config_names, set(variables) - config_names
         assert variables["POWERTOOLS_SERVICE_NAME"] == "audiohook"
-        assert variables["POWERTOOLS_METRICS_NAMESPACE"] == "AudioHook"
+        assert variables["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
         assert variables["REQUEST_TARGET"] == {"Ref": "RequestTarget"}
         assert variables["MEDIA_PREFERENCE"] == {"Ref": "MediaPreference"}
 

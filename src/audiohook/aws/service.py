@@ -19,6 +19,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
 
 from audiohook import auth, sequencing
+from audiohook import metrics as M
 from audiohook.aws.store import SessionStore, StoredSession
 from audiohook.aws.stream import PutOutcome
 from audiohook.config import Settings
@@ -40,17 +41,25 @@ class Poster(Protocol):
 
 
 class MetricSink(Protocol):
-    def add_metric(self, name: str, unit: str, value: float) -> None: ...
+    """Takes the metrics of :mod:`audiohook.metrics`. ``breakdown`` = (dimension, value): the
+    value also counts under that dimension, besides the total."""
+
+    def add_metric(self, name: str, unit: str, value: float, breakdown: tuple[str, str] | None = None) -> None: ...
 
 
 class Counters:
-    """Metric sink that only counts (fronts without CloudWatch); ``counts`` is readable."""
+    """Metric sink that only counts (fronts without CloudWatch); ``counts`` is readable,
+    ``breakdowns`` holds the per-value counts keyed (name, dimension, value)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, float] = {}
+        self.breakdowns: dict[tuple[str, str, str], float] = {}
 
-    def add_metric(self, name: str, unit: str, value: float) -> None:
+    def add_metric(self, name: str, unit: str, value: float, breakdown: tuple[str, str] | None = None) -> None:
         self.counts[name] = self.counts.get(name, 0) + value
+        if breakdown is not None:
+            key = (name, *breakdown)
+            self.breakdowns[key] = self.breakdowns.get(key, 0) + value
 
 
 class RecordWriter(Protocol):
@@ -120,17 +129,18 @@ class AudioHookService:
             max_age_s=self.settings.signature_max_age_s, clock_skew_s=self.settings.signature_clock_skew_s,
         )
         log = {"connection_id": connection_id, "session_id": verdict.session_id}
+        logger.thread_safe_append_keys(**{key: value for key, value in log.items() if value is not None})
         if verdict.nonce is not None and verdict.ok and not self.store.remember_nonce(
                 verdict.nonce, verdict.nonce_expires_at or 0):
             verdict = dataclasses.replace(verdict, ok=False, reason="signature nonce was already used (replay)")
         if not verdict.ok:
             logger.warning("upgrade rejected", extra=log | {"reason": verdict.reason})
-            self.metrics.add_metric("UpgradesRejected", "Count", 1)
+            self.metric(M.UPGRADES_REJECTED, by=M.upgrade_rejection_class(verdict.reason))
             return RouteResult(UNAUTHORIZED)
         session = Session(session_id=verdict.session_id, organization_id=verdict.organization_id)
         self.store.create(connection_id, session, verdict.api_key)
         logger.info("upgrade accepted", extra=log)
-        self.metrics.add_metric("Connections", "Count", 1)
+        self.metric(M.CONNECTIONS)
         return RouteResult(OK, session)
 
     # --- $default ---------------------------------------------------------------------
@@ -190,19 +200,21 @@ class AudioHookService:
         assert media is not None and stored.session.session_id is not None
         encoder = AudioRecordEncoder(stored.session.session_id, media["format"], media["rate"], media["channels"])
         self._write(stored.session, [encoder.encode(position, audio)])
+        self.metric(M.AUDIO_FRAMES)
+        self.metric(M.AUDIO_BYTES, len(audio))
+        self.metric(M.AUDIO_ACK_DELAY, max(0.0, self.clock() - _request_epoch_s(event, self.clock)) * 1000)
         return RouteResult(OK, stored.session)
 
     def deliver(self, event: APIGatewayWebSocketEvent, stored: StoredSession, outcome: Outcome) -> RouteResult:
         """Post the replies (in seq order), mark them delivered, emit the lifecycle records."""
+        self._bind(stored)
         result = RouteResult(OK, stored.session, outcome)
         if outcome.violation:
             # With a reply it is the session's one protocol error; without, input after the end.
             log = logger.warning if outcome.replies else logger.info
             log("protocol error" if outcome.replies else "input ignored",
                 extra=self._log(stored) | {"info": outcome.violation})
-            self.metrics.add_metric("ProtocolErrors" if outcome.replies else "InputIgnored", "Count", 1)
-        if any(item.event == "opened" for item in outcome.lifecycle):
-            self.metrics.add_metric("ProbeSessions" if stored.session.probe else "CallSessions", "Count", 1)
+        self.count_outcome(stored.session, outcome)
         if outcome.replies:
             try:
                 delivered = self.poster_for(event).post_all(
@@ -214,7 +226,7 @@ class AudioHookService:
             result.gone = not delivered
             if result.gone:
                 logger.info("connection gone; replies dropped", extra=self._log(stored))
-                self.metrics.add_metric("GoneConnections", "Count", 1)
+                self.metric(M.GONE_CONNECTIONS)
             self.store.mark_delivered(stored.connection_id, stored.session.seq)
         self._emit(stored.session, outcome)
         return result
@@ -232,11 +244,15 @@ class AudioHookService:
         """Write records of one session; audio that cannot be delivered is recorded as a gap."""
         assert session.session_id is not None
         outcome = self.records.put([(session.session_id, record) for record in records])
+        if outcome.retries:
+            self.metric(M.KINESIS_RETRIES, outcome.retries)
+        if outcome.throttled:
+            self.metric(M.KINESIS_THROTTLES, outcome.throttled)
         if outcome.ok:
             return
         logger.error("records not delivered to Kinesis after retries",
                      extra={"session_id": session.session_id, "errors": outcome.error_codes})
-        self.metrics.add_metric("RecordsUndelivered", "Count", len(outcome.undelivered))
+        self.metric(M.RECORDS_UNDELIVERED, len(outcome.undelivered))
         gaps = []
         for entry in outcome.undelivered:
             lost = decode_record(entry.data)
@@ -244,9 +260,40 @@ class AudioHookService:
                 reason = f"Kinesis: {entry.error_code}"
                 gaps.append(self._lifecycle(session, "gap", gap_data(
                     lost.position, lost.sample_count, lost.frame_count, reason)))
+                self.metric(M.AUDIO_DROPPED_FRAMES, lost.frame_count)
+                self.metric(M.AUDIO_DROPPED_BYTES, len(lost.audio))
         if gaps:
-            self.metrics.add_metric("AudioGaps", "Count", len(gaps))
+            self.metric(M.AUDIO_GAPS, len(gaps))
             self.records.put([(session.session_id, gap) for gap in gaps])
+
+    def count_outcome(self, session: Session, outcome: Outcome) -> None:
+        """The metrics of one applied input, the same on every front."""
+        if outcome.violation:
+            # With a reply it is the session's one protocol error; without, input after the end.
+            if outcome.replies:
+                self.metric(M.PROTOCOL_ERRORS, by=M.protocol_error_kind(outcome.violation))
+            else:
+                self.metric(M.INPUT_IGNORED)
+        else:
+            for reply in outcome.replies:  # server-initiated (a protocol error's disconnect is counted above)
+                if reply.type in M.CONTROL_ACTION_VALUES:
+                    self.metric(M.CONTROL_ACTIONS, by=reply.type)
+        for item in outcome.lifecycle:
+            if item.event == "opened":
+                self.metric(M.PROBE_SESSIONS if session.probe else M.CALL_SESSIONS)
+                if item.data.get("continuedSessions"):
+                    self.metric(M.RECONNECTS)
+
+    def metric(self, metric: M.Metric, value: float = 1, by: str | None = None) -> None:
+        """Count ``value`` of one of :mod:`audiohook.metrics`' metrics; ``by``: its breakdown value."""
+        breakdown = (metric.breakdown, by) if by is not None and metric.breakdown else None
+        self.metrics.add_metric(metric.name, metric.unit, value, breakdown)
+
+    @classmethod
+    def _bind(cls, stored: StoredSession) -> None:
+        """Every later log line of this invocation (thread) names the session (the fronts clear
+        these keys before each route call)."""
+        logger.thread_safe_append_keys(**{key: value for key, value in cls._log(stored).items() if value is not None})
 
     @staticmethod
     def _log(stored: StoredSession) -> dict[str, Any]:
@@ -265,6 +312,7 @@ class AudioHookService:
             stored = self.store.load(connection_id)
             if stored is None:
                 return RouteResult(OK)
+            self._bind(stored)
             outcome = finish(stored.session, self.clock(), context.disconnect_status_code, context.disconnect_reason)
             if not outcome.lifecycle:
                 return RouteResult(OK, stored.session)

@@ -51,6 +51,12 @@ RETRYABLE_ENTRY_ERRORS: Final = frozenset(
     {"ProvisionedThroughputExceededException", "InternalFailure", "KMSThrottlingException"}
 )
 
+# Codes that mean "over the stream's (or its KMS key's) throughput": counted as throttles.
+THROTTLE_ERRORS: Final = frozenset(
+    {"ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException", "Throttling",
+     "KMSThrottlingException"}
+)
+
 # Codes this writer reports for entries it refused before calling Kinesis.
 RECORD_TOO_LARGE: Final = "RecordTooLarge"
 INVALID_PARTITION_KEY: Final = "InvalidPartitionKey"
@@ -80,6 +86,8 @@ class PutOutcome:
     retries: int = 0
     """Backoff pauses taken before sending a call again."""
     slept_s: float = 0.0
+    throttled: int = 0
+    """Records Kinesis refused for throughput (a whole call refused counts all its records)."""
 
     @property
     def ok(self) -> bool:
@@ -103,6 +111,7 @@ class _Tally:
     entries_sent: int = 0
     retries: int = 0
     slept_s: float = 0.0
+    throttled: int = 0
 
     def outcome(self) -> PutOutcome:
         return PutOutcome(
@@ -112,6 +121,7 @@ class _Tally:
             entries_sent=self.entries_sent,
             retries=self.retries,
             slept_s=self.slept_s,
+            throttled=self.throttled,
         )
 
 
@@ -214,6 +224,8 @@ class KinesisWriter:
                 )
             except ClientError as error:
                 code, message, retryable = _classify_client_error(error)
+                if code in THROTTLE_ERRORS:
+                    tally.throttled += len(pending)
                 if retryable and attempt < self._max_attempts:
                     continue
                 _give_up(pending, code, message, attempt, tally)
@@ -247,7 +259,10 @@ class KinesisWriter:
             code = result.get("ErrorCode")
             if not code:
                 tally.delivered += 1
-            elif code in RETRYABLE_ENTRY_ERRORS and not last_attempt:
+                continue
+            if code in THROTTLE_ERRORS:
+                tally.throttled += 1
+            if code in RETRYABLE_ENTRY_ERRORS and not last_attempt:
                 again.append(entry)
             else:
                 _give_up([entry], code, result.get("ErrorMessage", ""), attempt, tally)

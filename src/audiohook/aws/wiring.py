@@ -8,7 +8,6 @@ talks to AWS or to the embedded moto server. The @connections endpoint is ``http
 
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -16,6 +15,7 @@ import botocore.session
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
 from botocore.config import Config
 
+from audiohook.aws.emf import EmfMetrics
 from audiohook.aws.keys import ClientSecrets
 from audiohook.aws.poster import ConnectionPoster
 from audiohook.aws.service import AudioHookService
@@ -66,28 +66,6 @@ def build_service(settings: Settings | None = None, *, metrics: Any = None, **cl
     )
 
 
-class EmfMetrics:
-    """powertools Metrics (CloudWatch embedded metric format, printed once per invocation;
-    namespace from POWERTOOLS_METRICS_NAMESPACE), behind a lock: the local gateway runs the
-    routes in threads of one process and powertools keeps one metric set per process."""
-
-    def __init__(self, namespace: str) -> None:
-        from aws_lambda_powertools import Metrics
-
-        self._metrics = Metrics(namespace=namespace, service="audiohook")
-        self._lock = threading.Lock()
-
-    def add_metric(self, name: str, unit: str, value: float) -> None:
-        with self._lock:
-            self._metrics.add_metric(name=name, unit=unit, value=value)
-
-    def flush(self) -> None:
-        with self._lock:
-            if self._metrics.metric_set:
-                self._metrics.flush_metrics()
-            self._metrics.clear_metrics()  # flush does not clear when POWERTOOLS_METRICS_DISABLED is set
-
-
 def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]]:
     """The Lambda entry point of one route; the service is built once per container, lazily."""
     from aws_lambda_powertools import Logger
@@ -97,7 +75,9 @@ def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # Local fronts pass no Lambda context and run routes in threads of one process, so keys
-        # are added per thread by hand, not by inject_lambda_context.
+        # are added per thread by hand, not by inject_lambda_context; the service adds the
+        # session's ids once it knows them. Nothing of a previous invocation stays.
+        logger.thread_safe_clear_keys()
         logger.thread_safe_append_keys(
             route=route, request_id=getattr(context, "aws_request_id", None),
             connection_id=event.get("requestContext", {}).get("connectionId"),

@@ -59,6 +59,11 @@ class LatencyHistogram:
         self._buckets[ms] += 1
         self.count += 1
 
+    @property
+    def buckets(self) -> list[int]:
+        """Counts per whole millisecond (read-only use: the relay's metrics diff them)."""
+        return self._buckets
+
     def percentile(self, percent: float) -> float | None:
         """The delay (ms, upper edge of its bucket) below which ``percent`` % of samples fall."""
         if not self.count:

@@ -68,6 +68,7 @@ from aws_lambda_powertools import Logger
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 from picows.picows import WSProtocol  # type: ignore[import-not-found]
 
+from audiohook import metrics as M
 from audiohook.aws.apigw import Connection
 from audiohook.aws.service import AudioHookService, RecordWriter, RouteResult
 from audiohook.aws.store import SessionStore, StoredSession
@@ -76,6 +77,7 @@ from audiohook.config import Settings
 from audiohook.protocol import parse_client_message
 from audiohook.records import encode_lifecycle_record
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
+from audiohook.relay.metrics import RelayMetrics
 from audiohook.session import Outcome, Session, disconnect, finish, receive, receive_audio
 
 logger = Logger(service="audiohook")
@@ -153,6 +155,7 @@ class RelayCounters:
     protocol_errors: int = 0
     kinesis_calls: int = 0
     kinesis_retries: int = 0
+    kinesis_throttles: int = 0
     kinesis_failed_entries: int = 0
     dynamodb_saves: int = 0
     backpressure_pauses: int = 0
@@ -388,6 +391,7 @@ class Relay:
         max_requeues: int = 3,
         workers: int = 16,
         final_flush_s: float = 15.0,
+        metrics_interval_s: float | None = None,
     ) -> None:
         settings = service.settings
         self.host = host
@@ -412,9 +416,12 @@ class Relay:
         self.counters = RelayCounters()
         self.service = copy.copy(service)
         self.service.store = self.store
+        # CloudWatch metrics (EMF on stdout): the service's counts plus the relay's, per interval.
+        self.emf = RelayMetrics(settings.metrics_namespace)
+        self.service.metrics = self.emf
+        self._metrics_interval_s = float(settings.relay_metrics_s if metrics_interval_s is None else metrics_interval_s)
         self._policy = service.policy
         self._clock = service.clock
-        self._metrics = service.metrics
         self._links: dict[str, _Link] = {}
         self._gates: set[_UpgradeGate] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -443,6 +450,7 @@ class Relay:
                                                       reuse_address=True, backlog=4096)
         self._flusher = self._spawn(self._flush_loop())
         self._spawn(self._log_metrics())
+        self._spawn(self.emf.run(self, self._metrics_interval_s))
         logger.info("relay listening", extra={"url": self.url, "flush_ms": self._flush_s * 1000,
                                              "max_buffer_bytes": self.buffer.max_bytes, "drain_s": self.drain_s})
         return self
@@ -539,7 +547,7 @@ class Relay:
     async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
         """Run blocking service code (boto3) in the worker pool."""
         assert self._loop is not None
-        return await self._loop.run_in_executor(self._executor, function, *args)
+        return await self._loop.run_in_executor(self._executor, _with_fresh_log_keys, function, *args)
 
     def _shutdown_pools(self) -> None:
         for pool in (self._executor, self._kinesis_pool):
@@ -656,14 +664,12 @@ class Relay:
             log = logger.warning if outcome.replies else logger.info
             log("protocol error" if outcome.replies else "input ignored",
                 extra=link.log() | {"info": outcome.violation})
-            self._metrics.add_metric("ProtocolErrors" if outcome.replies else "InputIgnored", "Count", 1)
+        self.service.count_outcome(session, outcome)
         if outcome.replies:
             if not link.send_texts([reply.to_json() for reply in outcome.replies]):
                 logger.info("connection gone; replies dropped", extra=link.log())
-                self._metrics.add_metric("GoneConnections", "Count", 1)
+                self.service.metric(M.GONE_CONNECTIONS)
         if outcome.lifecycle:
-            if any(item.event == "opened" for item in outcome.lifecycle):
-                self._metrics.add_metric("ProbeSessions" if session.probe else "CallSessions", "Count", 1)
             self._queue_records(link, outcome)
             self._persist(link)
 
@@ -792,6 +798,7 @@ class Relay:
             failures = {entry.index: entry.error_code for entry in outcome.undelivered}
             self.counters.kinesis_calls += outcome.calls
             self.counters.kinesis_retries += outcome.retries
+            self.counters.kinesis_throttles += outcome.throttled
         except Exception as error:  # the writer never raises for AWS errors; anything else is a bug
             logger.exception("Kinesis writer failed")
             self.counters.errors += 1
@@ -865,8 +872,15 @@ class Relay:
             if task is not asyncio.current_task():
                 task.cancel()
         self._server = None
+        self.emf.flush(self)  # the last interval, Kinesis' final answers included
         logger.info("relay drained", extra={"metrics": self.metrics()})
         self._drained.set()
+
+
+def _with_fresh_log_keys(function: Callable[..., _T], *args: Any) -> _T:
+    """Run service code in a worker thread with no log keys of the session it worked for before."""
+    logger.thread_safe_clear_keys()
+    return function(*args)
 
 
 # --------------------------------------------------------------------------- entry point
