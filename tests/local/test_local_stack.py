@@ -135,3 +135,12 @@ def test_the_first_readme_command_probes_via_api_gateway_and_calls_via_the_relay
     assert "rebuilt from the stream" in out
     (wav,) = tmp_path.glob("*.wav")
     assert read_wav(wav).sample_count == 3 * 8000
+
+
+def test_serve_help_labels_every_mode_that_is_not_aws(capsys):
+    with pytest.raises(SystemExit):
+        cli(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("aws (default): a binary frame closes the connection with 1003, as API Gateway does; "
+            "base64: NOT AWS, binary frames reach $default as base64 events, in order per connection") in help_text
+    assert "--serialize NOT AWS: run a connection's $default invocations one at a time" in help_text

@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--serialize", action="store_true",
                        help="NOT AWS: run a connection's $default invocations one at a time, in arrival order")
     serve.add_argument("--idle-timeout", type=float, default=None, help="seconds (AWS: 600)")
-    serve.add_argument("--demo", action="store_true", help="run a probe and a short call, then show the audio")
+    serve.add_argument("--demo", action="store_true",
+                       help="run Genesys' probe through the API Gateway front and a short call with audio "
+                            "through the relay, then show both in the embedded Kinesis")
     serve.add_argument("--exit-after-demo", action="store_true")
     serve.add_argument("--out", default="out", help="where --demo writes the rebuilt WAV")
     serve.add_argument("--verbose", action="store_true", help="show the handlers' JSON logs and metrics")
