@@ -604,7 +604,7 @@ def test_probe_explains_api_gateway_error_frame(lambdas: Lambdas, on_message: An
         'API Gateway\'s own error frame ("Internal server error"), not an AudioHook message: the $default Lambda '
         "function failed, timed out or was throttled, so API Gateway answered in its place and Genesys refuses "
         f"the frame as malformed; look up requestId {context['requestId']} (connection {context['connectionId']}) "
-        "in the $default function's logs and API Gateway's execution logs")
+        "in the $default function's logs (key api_request_id) and API Gateway's execution logs")
     assert f"look up requestId {context['requestId']}" in report.to_text()
 
 

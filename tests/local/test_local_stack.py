@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import re
 import time
 import uuid
@@ -144,3 +146,24 @@ def test_serve_help_labels_every_mode_that_is_not_aws(capsys):
     assert ("aws (default): a binary frame closes the connection with 1003, as API Gateway does; "
             "base64: NOT AWS, binary frames reach $default as base64 events, in order per connection") in help_text
     assert "--serialize NOT AWS: run a connection's $default invocations one at a time" in help_text
+
+
+def test_handler_logs_carry_api_gateways_request_id_the_error_frame_names():
+    # The handlers' powertools logger, read through a stream of our own with its JSON formatter.
+    handlers_logger = logging.getLogger("audiohook")
+    lines = io.StringIO()
+    reader = logging.StreamHandler(lines)
+    reader.setFormatter(handlers_logger.handlers[0].formatter)
+    handlers_logger.addHandler(reader)
+
+    async def scenario():
+        async with LocalStack(TEMPLATE, relay=False) as stack:
+            return await probe(stack.url, stack.demo.api_key, stack.demo.client_secret)
+
+    try:
+        assert run(scenario()).passed
+    finally:
+        handlers_logger.removeHandler(reader)
+    handler_lines = [line for line in map(json.loads, lines.getvalue().splitlines()) if "route" in line]
+    assert {line["route"] for line in handler_lines} == {"connect", "disconnect"}  # $default logs no INFO here
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{15}=", line["api_request_id"]) for line in handler_lines)

@@ -568,7 +568,7 @@ def test_api_gateway_error_frame_is_named_with_its_request_id(message: str) -> N
         f"API Gateway's own error frame (\"{message}\"), not an AudioHook message: the $default Lambda function "
         "failed, timed out or was throttled, so API Gateway answered in its place and Genesys refuses the frame "
         "as malformed; look up requestId VNRXVFJOywMF3-Q= (connection VNRUSeldSwMCIRQ=) in the $default "
-        "function's logs and API Gateway's execution logs",
+        "function's logs (key api_request_id) and API Gateway's execution logs",
     )]
 
 

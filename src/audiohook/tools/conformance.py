@@ -600,7 +600,8 @@ def api_gateway_error(frame: Mapping[str, str]) -> Finding:
         f"API Gateway's own error frame ({json.dumps(frame['message'])}), not an AudioHook message: the "
         f"$default Lambda function failed, timed out or was throttled, so API Gateway answered in its place "
         f"and Genesys refuses the frame as malformed; look up requestId {frame['requestId']} (connection "
-        f"{frame['connectionId']}) in the $default function's logs and API Gateway's execution logs",
+        f"{frame['connectionId']}) in the $default function's logs (key api_request_id) and API Gateway's "
+        f"execution logs",
     )
 
 
