@@ -55,7 +55,8 @@ class Sent:
 @contextlib.asynccontextmanager
 async def running(kind: str, aws: Any) -> AsyncIterator[tuple[str, str, str]]:
     if kind == "apigateway":
-        async with LocalStack(REPO / "template.yaml") as stack:
+        # Audio through the Lambda path needs the emulator's opt-in base64 mode (API Gateway closes on binary).
+        async with LocalStack(REPO / "template.yaml", binary="base64", relay=False) as stack:
             yield stack.url, stack.demo.api_key, stack.demo.client_secret
     else:
         service = build_service(aws.settings, dynamodb=aws.dynamodb, kinesis=aws.kinesis)

@@ -360,9 +360,9 @@ def test_post_over_128_kb_is_payload_too_large_and_32_kb_plus_arrives_whole(lamb
 
 
 # ---------------------------------------------------------------------------- binary frames
-def test_binary_frame_in_aws_mode_closes_with_1003(lambdas: Lambdas) -> None:
+def test_binary_frame_closes_with_1003_by_default_as_api_gateway_does(lambdas: Lambdas) -> None:
     async def scenario() -> None:
-        async with gateway(lambdas, binary="aws") as gw:
+        async with gateway(lambdas) as gw:
             async with connect(gw.url) as websocket:
                 await websocket.send(b"\x7f\xff")
                 assert await close_code(websocket) == 1003
@@ -378,7 +378,7 @@ def test_binary_frame_in_base64_mode_reaches_the_handler_base64_encoded(lambdas:
     audio = bytes(range(256)) * 4
 
     async def scenario() -> None:
-        async with gateway(lambdas) as gw, connect(gw.url) as websocket:
+        async with gateway(lambdas, binary="base64") as gw, connect(gw.url) as websocket:
             await websocket.send(audio)
             await eventually(lambda: len(lambdas.of("$default")) == 1)
         (event,) = lambdas.of("$default")
@@ -495,22 +495,152 @@ def test_default_invocations_run_in_parallel(lambdas: Lambdas) -> None:
     run(scenario())
 
 
-def test_failing_default_handler_sends_api_gateway_error_frame(lambdas: Lambdas) -> None:
-    def fail(event: dict[str, Any]) -> None:
-        raise RuntimeError("handler bug")
-
-    lambdas.on_message = fail
+def test_a_waiting_invocation_never_starves_the_others(lambdas: Lambdas) -> None:
+    # Each invocation waits until 64 of them run at once: more than any fixed worker pool the
+    # emulator could hide, as Lambda starts every invocation at once.
+    all_running = threading.Barrier(64, timeout=10)
+    lambdas.on_message = lambda event: all_running.wait()
 
     async def scenario() -> None:
         async with gateway(lambdas) as gw, connect(gw.url) as websocket:
-            await websocket.send("anything")
-            error = json.loads(await websocket.recv())
-        (event,) = lambdas.of("$default")
-        assert error == {"message": "Internal server error",
-                         "connectionId": event["requestContext"]["connectionId"],
-                         "requestId": event["requestContext"]["requestId"]}
+            for number in range(64):
+                await websocket.send(str(number))
+            await eventually(lambda: len(lambdas.of("$default")) == 64, timeout_s=10)
+            await eventually(lambda: all_running.n_waiting == 0, timeout_s=10)
+        assert not all_running.broken
 
     run(scenario())
+
+
+def test_invocations_beyond_the_concurrency_limit_are_throttled_with_the_error_frame(lambdas: Lambdas) -> None:
+    release = threading.Event()
+    lambdas.on_message = lambda event: release.wait(5)
+
+    async def scenario() -> str:
+        async with gateway(lambdas, max_concurrency=2) as gw, connect(gw.url) as websocket:
+            for number in range(2):
+                await websocket.send(str(number))
+            await eventually(lambda: len(lambdas.of("$default")) == 2)
+            await websocket.send("throttled")
+            frame = await asyncio.wait_for(websocket.recv(), 5)
+            release.set()
+            return str(frame)
+
+    frame = run(scenario())
+    assert len(lambdas.of("$default")) == 2  # the throttled one never ran
+    error = json.loads(frame)
+    assert error["message"] == "Internal server error" and set(error) == {"message", "connectionId", "requestId"}
+
+
+def fail(event: dict[str, Any]) -> None:
+    raise RuntimeError("handler bug")
+
+
+def sleep_past_timeout(event: dict[str, Any]) -> None:
+    time.sleep(0.6)
+
+
+def test_failing_default_handler_sends_api_gateway_error_frame(lambdas: Lambdas) -> None:
+    lambdas.on_message = fail
+
+    async def scenario() -> str:
+        async with gateway(lambdas) as gw, connect(gw.url) as websocket:
+            await websocket.send("anything")
+            return str(await websocket.recv())
+
+    frame = run(scenario())
+    (event,) = lambdas.of("$default")
+    context = event["requestContext"]
+    # API Gateway's exact bytes, spacing included.
+    assert frame == (f'{{"message": "Internal server error", "connectionId":"{context["connectionId"]}", '
+                     f'"requestId":"{context["requestId"]}"}}')
+
+
+def test_default_handler_past_its_function_timeout_sends_api_gateway_error_frame(lambdas: Lambdas) -> None:
+    lambdas.on_message = sleep_past_timeout
+    handlers = RouteHandlers(lambdas.connect, lambdas.message, lambdas.disconnect, timeouts={"message": 0.2})
+
+    async def scenario() -> tuple[str, float]:
+        async with LocalGateway(handlers, stage="prod") as gw, connect(gw.url) as websocket:
+            started = time.monotonic()
+            await websocket.send("anything")
+            frame = str(await websocket.recv())
+            return frame, time.monotonic() - started
+
+    frame, waited_s = run(scenario())
+    (event,) = lambdas.of("$default")
+    context = event["requestContext"]
+    assert frame == (f'{{"message": "Internal server error", "connectionId":"{context["connectionId"]}", '
+                     f'"requestId":"{context["requestId"]}"}}')
+    assert waited_s < 0.6  # sent at the timeout, not when the handler returned
+
+
+def test_function_timeouts_come_from_the_template() -> None:
+    handlers = RouteHandlers.from_template(Template(REPO / "template.yaml"))
+    assert handlers.timeouts == {"connect": 10.0, "message": 15.0, "disconnect": 10.0}
+
+
+@pytest.mark.parametrize(("on_message", "timeouts"), [
+    pytest.param(fail, {}, id="handler-raises"),
+    pytest.param(sleep_past_timeout, {"message": 0.2}, id="handler-times-out"),
+])
+def test_probe_explains_api_gateway_error_frame(lambdas: Lambdas, on_message: Any, timeouts: dict) -> None:
+    from audiohook.tools.client import probe
+
+    lambdas.on_message = on_message
+    handlers = RouteHandlers(lambdas.connect, lambdas.message, lambdas.disconnect, timeouts=timeouts)
+
+    async def scenario() -> Any:
+        async with LocalGateway(handlers, stage="prod") as gw:
+            return await probe(gw.url, "any-key", "", timeout_close=1.0)
+
+    report = run(scenario())
+    open_event = lambdas.of("$default")[0]
+    context = open_event["requestContext"]
+    assert json.loads(open_event["body"])["type"] == "open"
+    assert not report.passed
+    assert report.findings[0].code == "api_gateway_error"
+    assert report.findings[0].message == (
+        'API Gateway\'s own error frame ("Internal server error"), not an AudioHook message: the $default Lambda '
+        "function failed, timed out or was throttled, so API Gateway answered in its place and Genesys refuses "
+        f"the frame as malformed; look up requestId {context['requestId']} (connection {context['connectionId']}) "
+        "in the $default function's logs (key api_request_id) and API Gateway's execution logs")
+    assert f"look up requestId {context['requestId']}" in report.to_text()
+
+
+def test_base64_mode_applies_audio_in_order_and_text_never_overtakes_it(lambdas: Lambdas) -> None:
+    spans: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def timed(event: dict[str, Any]) -> None:
+        started = time.monotonic()
+        is_audio = event["isBase64Encoded"]
+        time.sleep(0.02 if is_audio else 0.001)
+        body = base64.b64decode(event["body"]).decode() if is_audio else event["body"]
+        with lock:
+            spans.append((body, started, time.monotonic()))
+
+    lambdas.on_message = timed
+    sent = ["a0", "a1", "t0", "t1", "a2", "t2", "a3", "a4", "t3"]
+
+    async def scenario() -> None:
+        async with gateway(lambdas, binary="base64") as gw:
+            async with connect(gw.url) as websocket:
+                for body in sent:
+                    await websocket.send(body.encode() if body.startswith("a") else body)
+            await eventually(lambda: len(lambdas.of("$disconnect")) == 1)
+
+    run(scenario())
+    span = {body: (started, ended) for body, started, ended in spans}
+    audio = sorted((body for body in span if body.startswith("a")), key=lambda body: span[body][0])
+    assert audio == ["a0", "a1", "a2", "a3", "a4"]
+    for index, body in enumerate(sent):
+        for before in sent[:index]:
+            if before.startswith("a") or body.startswith("a"):
+                # Audio waits for everything before it; nothing overtakes earlier audio.
+                assert span[before][1] <= span[body][0], (before, body)
+    (disconnect,) = lambdas.of("$disconnect")
+    assert lambdas.events.index(disconnect) == len(lambdas.events) - 1
 
 
 def test_stopping_the_gateway_disconnects_open_connections(lambdas: Lambdas) -> None:

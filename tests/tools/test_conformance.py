@@ -555,3 +555,24 @@ def test_raw_transcript_entries_are_checked_too() -> None:
         "`opened.parameters` is missing",
         "`opened` arrived 6.0 s after `open`; Genesys waits at most 5 s",
     ]
+
+
+@pytest.mark.parametrize("message", ["Internal server error", "Endpoint request timed out"])
+def test_api_gateway_error_frame_is_named_with_its_request_id(message: str) -> None:
+    # API Gateway's exact bytes (one space after the first colon only).
+    frame = f'{{"message": "{message}", "connectionId":"VNRUSeldSwMCIRQ=", "requestId":"VNRXVFJOywMF3-Q="}}'
+    verdict = opened_checker().check(False, frame, 0.1)
+    assert verdict.message is None and not verdict.accepted
+    assert [(finding.code, finding.message) for finding in verdict.findings] == [(
+        "api_gateway_error",
+        f"API Gateway's own error frame (\"{message}\"), not an AudioHook message: the $default Lambda function "
+        "failed, timed out or was throttled, so API Gateway answered in its place and Genesys refuses the frame "
+        "as malformed; look up requestId VNRXVFJOywMF3-Q= (connection VNRUSeldSwMCIRQ=) in the $default "
+        "function's logs (key api_request_id) and API Gateway's execution logs",
+    )]
+
+
+def test_an_object_with_more_keys_than_the_api_gateway_error_is_not_taken_for_it() -> None:
+    frame = {"message": "Internal server error", "connectionId": "a", "requestId": "b", "type": "opened"}
+    assert "api_gateway_error" not in [finding.code for finding in opened_checker().check(
+        False, json.dumps(frame), 0.1).findings]

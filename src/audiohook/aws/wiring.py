@@ -81,6 +81,8 @@ def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]
         logger.thread_safe_append_keys(
             route=route, request_id=getattr(context, "aws_request_id", None),
             connection_id=event.get("requestContext", {}).get("connectionId"),
+            # API Gateway's id of the request: the `requestId` of its error frame, when it sends one.
+            api_request_id=event.get("requestContext", {}).get("requestId"),
         )
         try:
             # Built once per container; rebuilt only if the environment changed (a local stack

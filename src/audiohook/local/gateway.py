@@ -1,21 +1,40 @@
 """Local API Gateway WebSocket API: runs the real handlers behind ``ws://127.0.0.1:<port>/<stage>``.
 
-SAM cannot run WebSocket APIs, so this emulator plays API Gateway for development and tests:
+SAM cannot run WebSocket APIs, so this emulator plays API Gateway for development and tests.
+By default it is **faithful**: it does what API Gateway does, and nothing API Gateway does not.
 
 - the upgrade request becomes a ``$connect`` event; a non-2xx ``statusCode`` from the handler
   is the HTTP answer to the upgrade (no connection is kept);
-- every frame becomes a ``$default`` event (binary frames as base64 with ``isBase64Encoded``,
-  or, with ``binary="aws"``, a close with 1003 exactly as API Gateway does);
+- every text message becomes a ``$default`` event, invoked at once in a thread of its own
+  (one thread per in-flight invocation, up to ``max_concurrency``, Lambda's default account
+  concurrency of 1,000): invocations of one connection run concurrently and finish in any
+  order, as on AWS, and an invocation that waits never holds up another;
+- a binary frame closes the connection with 1003, as API Gateway does (it has no binary
+  route for WebSocket APIs);
 - a close from either side becomes one ``$disconnect`` event with API Gateway's
   ``disconnectStatusCode`` and ``disconnectReason``;
 - the ``@connections`` management API is served over real HTTP at ``connections_endpoint``,
-  so the handlers' boto3 ``apigatewaymanagementapi`` client works unchanged.
+  so the handlers' boto3 ``apigatewaymanagementapi`` client works unchanged;
+- when a ``$default`` invocation raises, runs past its function's ``Timeout`` (read from
+  template.yaml), or is throttled, the client gets **API Gateway's own error frame**, a text
+  frame in API Gateway's exact bytes::
 
-The handlers run **in this process**, in a thread pool (they are synchronous and block on
-boto3), with the variables of ``handler_env`` plus ``CONNECTIONS_ENDPOINT`` set in
-``os.environ`` for as long as the gateway runs. ``$default`` invocations of one connection
-run concurrently and may finish out of order, as Lambda invocations do; ``serialize=True``
-runs them one at a time, in arrival order (``$disconnect`` last).
+      {"message": "Internal server error", "connectionId":"<id>", "requestId":"<id>"}
+
+  (``"Endpoint request timed out"`` instead when the 29 s integration timeout comes first).
+  Python cannot stop a thread: a timed-out handler runs on in the background, but its
+  result is dropped, as Lambda drops a timed-out invocation.
+
+Not AWS, opt-in only:
+
+- ``binary="base64"``: binary frames become base64 ``$default`` events (``isBase64Encoded``),
+  so audio flows through the Lambda handlers locally. API Gateway has no such path. Audio is
+  delivered **in order per connection**: one binary invocation of a connection in flight at a
+  time, in arrival order, after every earlier message of that connection; a text message
+  never overtakes earlier audio (text messages between two frames still run concurrently),
+  and ``$disconnect`` runs after the connection's last audio invocation.
+- ``serialize=True``: every ``$default`` invocation of a connection runs one at a time, in
+  arrival order (``$disconnect`` last).
 
 API Gateway's limits, with the close codes it uses (Amazon API Gateway developer guide,
 "Quotas for configuring and running a WebSocket API"):
@@ -24,7 +43,7 @@ API Gateway's limits, with the close codes it uses (Amazon API Gateway developer
   frame size) is received, the connection is closed with code 1009");
 - no message in either direction for 10 minutes (idle timeout) -> close 1001;
 - connection older than 2 hours -> close 1001;
-- binary frame (``binary="aws"``) -> close 1003;
+- binary frame -> close 1003;
 - ``DELETE @connections/<id>`` -> close 1000;
 - ``POST @connections/<id>`` over 128 KB -> 413 PayloadTooLargeException; to a closed or
   unknown connection -> 410 GoneException; posts over 32 KB reach the client as a
@@ -83,6 +102,14 @@ BinaryMode = Literal["base64", "aws"]
 _T = TypeVar("_T")
 
 KB = 1024
+# Lambda's default concurrency per account and Region: invocations beyond it are throttled.
+LAMBDA_CONCURRENCY = 1000
+# Lambda's default function Timeout, for handlers not defined by a template.
+DEFAULT_FUNCTION_TIMEOUT_S = 3.0
+# API Gateway's maximum integration timeout for WebSocket APIs.
+INTEGRATION_TIMEOUT_S = 29.0
+INTERNAL_SERVER_ERROR = "Internal server error"
+ENDPOINT_TIMED_OUT = "Endpoint request timed out"
 _ROUTE_KEYS = {"connect": "$connect", "message": "$default", "disconnect": "$disconnect"}
 # Headers of the 101 response that a $connect handler must not override.
 _HANDSHAKE_HEADERS = {"connection", "upgrade", "sec-websocket-accept", "sec-websocket-extensions",
@@ -126,6 +153,9 @@ class RouteHandlers:
     disconnect: Handler | HandlerRef
     # Directories importable by every handler (e.g. a layer's ContentUri).
     search_path: tuple[Path, ...] = ()
+    # Each route's function Timeout in seconds ("connect", "message", "disconnect"); a route
+    # left out gets Lambda's default (3 s).
+    timeouts: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_template(cls, template: Template) -> RouteHandlers:
@@ -154,7 +184,15 @@ class RouteHandlers:
         layers = template.resources_of_type("AWS::Serverless::LayerVersion")
         layer_dirs = tuple(template.directory / str(layer["Properties"]["ContentUri"]) for layer in layers.values()
                            if isinstance((layer.get("Properties") or {}).get("ContentUri"), str))
-        return cls(ref("$connect"), ref("$default"), ref("$disconnect"), layer_dirs)
+        timeouts = {
+            route: float(template.properties(function_for_route[route_key]).get(
+                "Timeout", defaults.get("Timeout", DEFAULT_FUNCTION_TIMEOUT_S)))
+            for route, route_key in _ROUTE_KEYS.items()
+        }
+        return cls(ref("$connect"), ref("$default"), ref("$disconnect"), layer_dirs, timeouts)
+
+    def timeout_s(self, route: str) -> float:
+        return float(self.timeouts.get(route, DEFAULT_FUNCTION_TIMEOUT_S))
 
     def load(self) -> dict[str, Handler]:
         for directory in self.search_path:
@@ -241,6 +279,10 @@ class _Connection(Connection):
     server_close: tuple[int, str] | None = None
     queue: asyncio.Queue[dict[str, Any] | None] | None = None
     worker: asyncio.Task[None] | None = None
+    # binary="base64" only: the connection's last audio invocation, and the text invocations
+    # dispatched since (the next audio frame waits for all of them).
+    last_audio: asyncio.Future[None] | None = None
+    since_audio: set[asyncio.Future[None]] = field(default_factory=set)
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -286,19 +328,39 @@ class _Gone(Exception):
     pass
 
 
+class IntegrationError(Exception):
+    """A ``$default`` integration failed as API Gateway sees it; ``message`` is what it tells the client."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(detail)
+        self.message = message
+
+
+def api_gateway_error_frame(message: str, connection_id: str, request_id: str) -> str:
+    """The text frame API Gateway sends the client when a ``$default`` integration fails.
+
+    Hand-written, not ``json.dumps``: these are API Gateway's exact bytes (one space after the
+    first colon only), as clients receive them, e.g.
+    ``{"message": "Internal server error", "connectionId":"VNRUSeldSwMCIRQ=", "requestId":"VNRXVFJOywMF3-Q="}``.
+    """
+    return (f'{{"message": {json.dumps(message)}, "connectionId":{json.dumps(connection_id)}, '
+            f'"requestId":{json.dumps(request_id)}}}')
+
+
 class LocalGateway:
     """An API Gateway WebSocket API on ``url``, with its ``@connections`` API on ``connections_endpoint``.
 
     ``handler_env`` is set in ``os.environ`` (with ``CONNECTIONS_ENDPOINT``) while the gateway
-    runs and restored by ``stop()``. ``handler_timeout_s`` only feeds the context's
-    ``get_remaining_time_in_millis()``: a slow handler is not interrupted.
+    runs and restored by ``stop()``. Each route's timeout is its function's ``Timeout``
+    (``handlers.timeouts``); ``handler_timeout_s`` overrides it for every route.
+    ``binary="base64"`` and ``serialize=True`` are not AWS behaviours (see the module doc).
     """
 
     def __init__(self, handlers: RouteHandlers, *, stage: str = "local", host: str = "127.0.0.1",
-                 port: int = 0, connections_port: int = 0, binary: BinaryMode = "base64",
+                 port: int = 0, connections_port: int = 0, binary: BinaryMode = "aws",
                  serialize: bool = False, limits: GatewayLimits = GatewayLimits(),
                  handler_env: Mapping[str, str] | None = None, api_id: str | None = None,
-                 max_workers: int = 32, handler_timeout_s: float = 29.0) -> None:
+                 max_concurrency: int = LAMBDA_CONCURRENCY, handler_timeout_s: float | None = None) -> None:
         if binary not in ("base64", "aws"):
             raise ValueError(f"binary must be 'base64' or 'aws', not {binary!r}")
         self.stage = stage
@@ -313,13 +375,13 @@ class LocalGateway:
         self._connections_port = connections_port
         self._handler_env = dict(handler_env or {})
         self._saved_env: dict[str, str | None] = {}
-        self._max_workers = max_workers
+        self._max_concurrency = max_concurrency
+        self._in_flight = 0  # invocations running (a timed-out one until its thread returns)
         self._handler_timeout_s = handler_timeout_s
         self._connections: dict[str, _Connection] = {}
         self._pending: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._audio_executor: ThreadPoolExecutor | None = None
         self._server: Server | None = None
         self._http: ThreadingHTTPServer | None = None
 
@@ -330,9 +392,9 @@ class LocalGateway:
             self._start_connections_api()
             self._apply_env()
             self._handlers = self._route_handlers.load()
-            self._executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="lambda")
-            # Few audio workers: more would only queue inside the embedded AWS, ahead of control calls.
-            self._audio_executor = ThreadPoolExecutor(4, thread_name_prefix="lambda-audio")
+            # A pool that only grows: a thread is started whenever no idle one is free, so each
+            # in-flight invocation has a thread of its own (the limit is enforced in _invoke).
+            self._executor = ThreadPoolExecutor(self._max_concurrency + 1, thread_name_prefix="lambda")
             self._server = await serve(
                 self._serve_connection, self._host, self._port,
                 process_request=self._on_upgrade, process_response=self._on_handshake_response,
@@ -341,7 +403,7 @@ class LocalGateway:
                 # No keepalive pings of our own (they would hide the idle timeout) and no
                 # compression, so the size limits apply to the bytes the client sent.
                 compression=None, ping_interval=None,
-                open_timeout=self._handler_timeout_s + 5, close_timeout=5,
+                open_timeout=self.timeout_s("connect") + 5, close_timeout=5,
             )
         except BaseException:
             await self.stop()
@@ -363,9 +425,6 @@ class LocalGateway:
             await asyncio.to_thread(self._http.shutdown)
             self._http.server_close()
             self._http = None
-        if self._audio_executor is not None:
-            await asyncio.to_thread(self._audio_executor.shutdown, True)
-            self._audio_executor = None
         if self._executor is not None:
             await asyncio.to_thread(self._executor.shutdown, True)
             self._executor = None
@@ -417,28 +476,56 @@ class LocalGateway:
         self._saved_env.clear()
 
     # ------------------------------------------------------------------ invocations
-    async def _invoke(self, route: str, event: dict[str, Any]) -> Any:
-        assert self._loop is not None and self._executor is not None
-        context = LocalLambdaContext(function_name=route, timeout_s=self._handler_timeout_s)
-        # AWS starts every invocation at once; one process has a bounded pool, i.e. a queue.
-        # Audio frames get a pool of their own so control messages (ping, close) never wait
-        # behind an audio backlog, a queue AWS does not have.
-        executor = self._audio_executor if event.get("isBase64Encoded") else self._executor
-        assert executor is not None
-        return await self._loop.run_in_executor(executor, self._handlers[route], event, context)
+    def timeout_s(self, route: str) -> float:
+        """How long an invocation of ``route`` may run: its function's Timeout."""
+        return self._handler_timeout_s if self._handler_timeout_s is not None else \
+            self._route_handlers.timeout_s(route)
 
-    async def _invoke_message(self, connection: _Connection, event: dict[str, Any]) -> None:
+    async def _invoke(self, route: str, event: dict[str, Any]) -> Any:
+        """Invoke ``route``'s handler as Lambda would: at once, in a thread of its own, with a timeout.
+
+        Raises IntegrationError when the invocation is throttled, raises or times out.
+        """
+        assert self._loop is not None and self._executor is not None
+        if self._in_flight >= self._max_concurrency:
+            raise IntegrationError(INTERNAL_SERVER_ERROR,
+                                   f"{route} throttled: {self._in_flight} invocations in flight "
+                                   f"(concurrency limit {self._max_concurrency})")
+        function_timeout_s = self.timeout_s(route)
+        # API Gateway stops waiting at its integration timeout even if the function runs on.
+        timeout_s = min(function_timeout_s, INTEGRATION_TIMEOUT_S)
+        context = LocalLambdaContext(function_name=route, timeout_s=function_timeout_s)
+        self._in_flight += 1
+        running = self._loop.run_in_executor(self._executor, self._handlers[route], event, context)
+        running.add_done_callback(self._invocation_done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), timeout_s)
+        except TimeoutError:
+            # The thread runs on (Python cannot stop it); its result is dropped, as Lambda's would be.
+            running.add_done_callback(_drop_result)
+            message = INTERNAL_SERVER_ERROR if function_timeout_s <= INTEGRATION_TIMEOUT_S else ENDPOINT_TIMED_OUT
+            raise IntegrationError(message, f"{route} timed out after {timeout_s:g} s") from None
+        except Exception as error:
+            raise IntegrationError(INTERNAL_SERVER_ERROR, f"{route} raised {error!r}") from error
+
+    def _invocation_done(self, _: asyncio.Future[Any]) -> None:
+        self._in_flight -= 1
+
+    async def _invoke_message(self, connection: _Connection, event: dict[str, Any],
+                              after: tuple[asyncio.Future[None], ...] = ()) -> None:
+        if after:
+            await asyncio.wait(after)
         try:
             await self._invoke("message", event)
-        except Exception:
-            logger.exception("$default handler failed (connection %s)", connection.connection_id)
-            # What API Gateway sends the client when the $default integration fails.
-            error = {"message": "Internal server error", "connectionId": connection.connection_id,
-                     "requestId": event["requestContext"]["requestId"]}
+        except IntegrationError as error:
+            request_id = event["requestContext"]["requestId"]
+            logger.error("$default integration failed (connection %s, request %s): %s",
+                         connection.connection_id, request_id, error, exc_info=error.__cause__ is not None)
+            frame = api_gateway_error_frame(error.message, connection.connection_id, request_id)
             websocket = connection.websocket
             if websocket is not None and websocket.state is State.OPEN:
                 try:
-                    await websocket.send(json.dumps(error))
+                    await websocket.send(frame)
                 except ConnectionClosed:
                     pass
 
@@ -451,7 +538,21 @@ class LocalGateway:
         if connection.queue is not None:
             connection.queue.put_nowait(event)
             return
-        task = asyncio.ensure_future(self._invoke_message(connection, event))
+        after: tuple[asyncio.Future[None], ...] = ()
+        if self.binary == "base64":
+            # Audio in order per connection (not AWS: see the module doc).
+            if event.get("isBase64Encoded"):
+                after = tuple(connection.since_audio) + ((connection.last_audio,) if connection.last_audio else ())
+            elif connection.last_audio is not None:
+                after = (connection.last_audio,)
+        task = asyncio.ensure_future(self._invoke_message(connection, event, after))
+        if self.binary == "base64":
+            if event.get("isBase64Encoded"):
+                connection.last_audio = task
+                connection.since_audio.clear()
+            else:
+                connection.since_audio.add(task)
+                task.add_done_callback(connection.since_audio.discard)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -472,9 +573,9 @@ class LocalGateway:
                                    forwarded_proto="http")
         try:
             result = await self._invoke("connect", event)
-        except Exception:
-            logger.exception("$connect handler failed")
-            return _json_response(websocket, HTTPStatus.BAD_GATEWAY, {"message": "Internal server error"})
+        except IntegrationError as error:
+            logger.error("$connect integration failed: %s", error, exc_info=error.__cause__ is not None)
+            return _json_response(websocket, HTTPStatus.BAD_GATEWAY, {"message": error.message})
         status = int(result.get("statusCode", 200)) if isinstance(result, dict) else 200
         headers = {str(name): str(value) for name, value in
                    ((result.get("headers") or {}) if isinstance(result, dict) else {}).items()}
@@ -548,11 +649,15 @@ class LocalGateway:
         if connection.worker is not None and connection.queue is not None:
             connection.queue.put_nowait(None)
             await connection.worker
+        if connection.last_audio is not None:
+            # binary="base64": $disconnect after the connection's last audio (not AWS).
+            await asyncio.wait((connection.last_audio,))
         status, reason = disconnect_status(connection)
         try:
             await self._invoke("disconnect", connection.disconnect(int(status), reason))
-        except Exception:
-            logger.exception("$disconnect handler failed (connection %s)", connection.connection_id)
+        except IntegrationError as error:
+            logger.error("$disconnect integration failed (connection %s): %s", connection.connection_id, error,
+                         exc_info=error.__cause__ is not None)
 
     # ------------------------------------------------------------------ @connections side
     def _start_connections_api(self) -> None:
@@ -679,6 +784,12 @@ class _ConnectionsApi(BaseHTTPRequestHandler):
         logger.debug("@connections: " + format, *args)
 
 
+def _drop_result(future: asyncio.Future[Any]) -> None:
+    """Retrieve a timed-out invocation's outcome so that asyncio does not report it as lost."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _json_response(websocket: ServerConnection, status: HTTPStatus, payload: Any) -> Response:
     response = websocket.respond(status, json.dumps(payload))
     response.headers["Content-Type"] = "application/json"
@@ -699,25 +810,36 @@ def _iso8601(epoch_ms: int) -> str:
 
 # ---------------------------------------------------------------------------- whole stack
 class LocalStack:
-    """Embedded AWS + the gateway running the template's handlers: the product, locally.
+    """The product, locally: one embedded AWS and both production fronts over it.
 
-    ``async with LocalStack("template.yaml") as stack:`` then connect to ``stack.url`` with
-    ``stack.demo.api_key`` / ``stack.demo.client_secret``.
+    - ``url``: the API Gateway emulator running the template's Lambda handlers, faithful by
+      default (a binary frame closes with 1003): what Genesys reaches at the stack's
+      ``WebSocketUrl``; the connection probe and control traffic.
+    - ``relay_url``: the relay (``audiohook.relay``) running in this process over the same
+      table, stream and secret: what Genesys reaches at ``RelayUrl``; calls with audio.
+
+    ``async with LocalStack("template.yaml") as stack:`` then connect to ``stack.url`` or
+    ``stack.relay_url`` with ``stack.demo.api_key`` / ``stack.demo.client_secret``.
+    ``relay=False`` runs the emulator alone.
     """
 
     def __init__(self, template_path: str | Path = "template.yaml", *, stack_name: str = DEFAULT_STACK_NAME,
                  host: str = "127.0.0.1", port: int = 0, connections_port: int = 0,
-                 stage: str | None = None, binary: BinaryMode = "base64", serialize: bool = False,
+                 stage: str | None = None, binary: BinaryMode = "aws", serialize: bool = False,
                  limits: GatewayLimits = GatewayLimits(), handlers: RouteHandlers | None = None,
-                 aws_endpoint_url: str | None = None) -> None:
+                 aws_endpoint_url: str | None = None, relay: bool = True, relay_port: int = 0) -> None:
         self.aws = EmbeddedAws(template_path, stack_name=stack_name, endpoint_url=aws_endpoint_url, host=host)
         self._gateway_options: dict[str, Any] = {
             "host": host, "port": port, "connections_port": connections_port, "binary": binary,
             "serialize": serialize, "limits": limits,
         }
+        self._host = host
         self._stage = stage
         self._handlers = handlers
+        self._with_relay = relay
+        self._relay_port = relay_port
         self._gateway: LocalGateway | None = None
+        self._relay: Any = None  # audiohook.relay.server.Relay, imported only when used
 
     async def start(self) -> Self:
         await asyncio.to_thread(self.aws.start)
@@ -729,12 +851,25 @@ class LocalStack:
                 handler_env=self.aws.env(), **self._gateway_options,
             )
             await self._gateway.start()
+            if self._with_relay:
+                self._relay = await self._start_relay()
         except BaseException:
             await self.stop()
             raise
         return self
 
+    async def _start_relay(self) -> Any:
+        from audiohook.config import Settings
+        from audiohook.relay.server import Relay, build_relay_service
+
+        # Same settings as the handlers (the template's environment, resolved locally).
+        service = await asyncio.to_thread(build_relay_service, Settings.from_env(self.aws.env()))
+        return await Relay(service, host=self._host, port=self._relay_port).start()
+
     async def stop(self) -> None:
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
         if self._gateway is not None:
             await self._gateway.stop()
             self._gateway = None
@@ -753,8 +888,20 @@ class LocalStack:
         return self._gateway
 
     @property
+    def relay(self) -> Any:
+        if self._relay is None:
+            raise RuntimeError("the relay is not running (LocalStack not started, or relay=False)")
+        return self._relay
+
+    @property
     def url(self) -> str:
+        """The API Gateway front: ``ws://<host>:<port>/<stage>``."""
         return self.gateway.url
+
+    @property
+    def relay_url(self) -> str:
+        """The relay front: ``ws://<host>:<port>/`` (any path; it is the signed request target)."""
+        return str(self.relay.url)
 
     @property
     def connections_endpoint(self) -> str:

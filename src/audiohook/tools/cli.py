@@ -1,6 +1,6 @@
 """``audiohook``: run the product locally and test any AudioHook server the way Genesys does.
 
-    audiohook serve   [--demo] [--port 8000] [--binary base64|aws] [--serialize]
+    audiohook serve   [--demo] [--port 8000] [--relay-port 8001] [--binary aws|base64] [--serialize]
     audiohook probe   URL --api-key K --client-secret S [--json]
     audiohook call    URL --api-key K --client-secret S [--wav F | --tone HZ] [--sessions N] ...
     audiohook replay  events/*.json [--env events/env.json] [--api-keys events/api-keys.json]
@@ -28,25 +28,26 @@ def _seconds_and_value(text: str) -> tuple[float, str]:
 # --- serve ---------------------------------------------------------------------------------
 
 async def _demo(stack: Any, out_dir: Path) -> None:
-    """What the README's first command shows: a probe, a short call, where the audio went."""
+    """What the README's first command shows, wired as Genesys is in production: the probe
+    through the API Gateway front, a call with audio through the relay, where both landed."""
     from audiohook.tools.client import call, probe
     from audiohook.tools.wav import AudioSource, write_wav
 
     demo = stack.demo
-    print("\n== Genesys connection probe ==")
+    print(f"\n== Genesys connection probe, through the API Gateway front ({stack.url}) ==")
     report = await probe(stack.url, demo.api_key, demo.client_secret)
     print(report.to_text())
-    print("\n== A 3 s call: 440 Hz stereo tone, pings every second and a language update ==")
-    result = await call(stack.url, demo.api_key, demo.client_secret,
+    probe_export = await _settled_export(stack, report.session_id)
+    print(f"Kinesis stream {stack.aws.resources.stream_name!r}: probe session {report.session_id}: "
+          f"{', '.join(r.event for r in probe_export.lifecycle)}")
+    print(f"\n== A 3 s call with audio, through the relay ({stack.relay_url}): 440 Hz stereo tone, "
+          "pings every second and a language update ==")
+    result = await call(stack.relay_url, demo.api_key, demo.client_secret,
                         audio=AudioSource.tone(440.0, 3.0, channels=2), speed=4.0, ping_interval_s=1.0,
                         language_update=(1.0, "es-ES"))
     print(result.to_text())
     session_id = result.session_id
-    for _ in range(50):  # $disconnect and the last $default invocations may still be running
-        export = _export(stack.aws.client("kinesis"), stack.aws.resources.stream_name, session_id)
-        if any(record.event == "disconnected" for record in export.lifecycle):
-            break
-        await asyncio.sleep(0.1)
+    export = await _settled_export(stack, session_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     wav_path = out_dir / f"{session_id}.wav"
     if export.audio is not None:
@@ -59,6 +60,16 @@ async def _demo(stack: Any, out_dir: Path) -> None:
           f"channels {', '.join(export.channel_names)}); lifecycle summary {out_dir / (session_id + '.json')}")
 
 
+async def _settled_export(stack: Any, session_id: str) -> Any:
+    """The session's records once its ``disconnected`` record is in the stream (5 s at most)."""
+    for _ in range(50):  # $disconnect and the relay's last flush may still be running
+        export = _export(stack.aws.client("kinesis"), stack.aws.resources.stream_name, session_id)
+        if any(record.event == "disconnected" for record in export.lifecycle):
+            break
+        await asyncio.sleep(0.1)
+    return export
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The handlers log JSON lines and print CloudWatch metrics; locally that buries the demo.
@@ -68,16 +79,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         limits = GatewayLimits(idle_timeout_s=args.idle_timeout) if args.idle_timeout else GatewayLimits()
-        async with LocalStack(args.template, port=args.port, binary=args.binary, serialize=args.serialize,
-                              limits=limits) as stack:
+        async with LocalStack(args.template, port=args.port, relay_port=args.relay_port, binary=args.binary,
+                              serialize=args.serialize, limits=limits) as stack:
             demo = stack.demo
-            print(f"AudioHook server (local API Gateway emulator) on {stack.url}")
+            binary = ("base64 events to $default (NOT AWS: API Gateway closes with 1003)" if args.binary == "base64"
+                      else "close 1003, as API Gateway does: send audio to the relay")
+            order = ("one at a time per connection, in order (NOT AWS)" if args.serialize
+                     else "concurrent and unordered, as Lambda runs them")
+            print("AudioHook server, both production fronts over one embedded AWS:")
+            print(f"  API Gateway front:  {stack.url}")
+            print("      = the stack's WebSocketUrl: the Lambda handlers behind an API Gateway emulator.")
+            print("        Genesys' connection probe and control messages; no audio.")
+            print(f"        binary frames: {binary}; $default invocations: {order}")
+            print(f"  relay front:        {stack.relay_url}")
+            print("      = the stack's RelayUrl: the relay container's code, in this process.")
+            print("        Calls with audio (point Genesys' Connection URI here for real calls).")
             print(f"  API key:        {demo.api_key}")
             print(f"  client secret:  {demo.client_secret}")
             print(f"  @connections:   {stack.connections_endpoint}")
             print(f"  embedded AWS:   {stack.aws.endpoint_url}  (moto; table {stack.aws.resources.table_name!r}, "
-                  f"stream {stack.aws.resources.stream_name!r})")
-            print(f"  binary frames:  {'base64 to $default' if args.binary == 'base64' else 'closed with 1003, as AWS'}")
+                  f"stream {stack.aws.resources.stream_name!r}; both fronts write here)")
             print(f"  export a call:  AWS_ENDPOINT_URL={stack.aws.endpoint_url} audiohook export --session ID "
                   "--out call.wav")
             if args.demo:
@@ -240,14 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiohook", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the product locally: embedded AWS + API Gateway emulator")
+    serve = commands.add_parser(
+        "serve", help="run the product locally: embedded AWS, the API Gateway front and the relay front")
     serve.add_argument("--template", default=DEFAULT_TEMPLATE)
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--binary", choices=("base64", "aws"), default="base64",
-                       help="base64: deliver binary frames to $default (audio flows locally); aws: close 1003 like AWS")
-    serve.add_argument("--serialize", action="store_true", help="run $default invocations one at a time, in order")
+    serve.add_argument("--port", type=int, default=8000, help="API Gateway front (emulator)")
+    serve.add_argument("--relay-port", type=int, default=8001, help="relay front")
+    serve.add_argument("--binary", choices=("aws", "base64"), default="aws",
+                       help="aws (default): a binary frame closes the connection with 1003, as API Gateway does; "
+                            "base64: NOT AWS, binary frames reach $default as base64 events, in order per "
+                            "connection (Lambda-path audio locally)")
+    serve.add_argument("--serialize", action="store_true",
+                       help="NOT AWS: run a connection's $default invocations one at a time, in arrival order")
     serve.add_argument("--idle-timeout", type=float, default=None, help="seconds (AWS: 600)")
-    serve.add_argument("--demo", action="store_true", help="run a probe and a short call, then show the audio")
+    serve.add_argument("--demo", action="store_true",
+                       help="run Genesys' probe through the API Gateway front and a short call with audio "
+                            "through the relay, then show both in the embedded Kinesis")
     serve.add_argument("--exit-after-demo", action="store_true")
     serve.add_argument("--out", default="out", help="where --demo writes the rebuilt WAV")
     serve.add_argument("--verbose", action="store_true", help="show the handlers' JSON logs and metrics")

@@ -55,6 +55,10 @@ REPLY_TO = {"opened": "open", "closed": "close", "pong": "ping", "updated": "upd
 DISCONNECT_REASONS = ("completed", "unauthorized", "error")
 # Keys under which wrappers (API Gateway proxy responses, message buses, SDKs) put a payload.
 ENVELOPE_KEYS = ("body", "data", "message", "payload", "detail")
+# What API Gateway itself sends a WebSocket client when a route's integration fails: the
+# Lambda function raised, ran past its Timeout or was throttled ("Internal server error"), or
+# API Gateway's own 29 s integration timeout passed ("Endpoint request timed out").
+API_GATEWAY_ERROR_KEYS = frozenset({"message", "connectionId", "requestId"})
 _DURATION = re.compile(r"^PT\d+(\.\d+)?S$")
 _MAX_UNWRAP = 3
 
@@ -563,6 +567,8 @@ def _decode_text(text: str) -> tuple[list[Finding], dict[str, Any] | None]:
                 "not_object", f"the frame holds a JSON {_json_kind(value)}, not an AudioHook message object"
             )
         ], None
+    if set(value) == API_GATEWAY_ERROR_KEYS and all(isinstance(item, str) for item in value.values()):
+        return findings + [api_gateway_error(value)], None
 
     unwrapped = _unwrap_envelope(value)
     if unwrapped is not None:
@@ -585,6 +591,18 @@ def _decode_text(text: str) -> tuple[list[Finding], dict[str, Any] | None]:
             )
         )
     return findings, value
+
+
+def api_gateway_error(frame: Mapping[str, str]) -> Finding:
+    """What API Gateway's own error frame means, and where to look."""
+    return Finding(
+        "api_gateway_error",
+        f"API Gateway's own error frame ({json.dumps(frame['message'])}), not an AudioHook message: the "
+        f"$default Lambda function failed, timed out or was throttled, so API Gateway answered in its place "
+        f"and Genesys refuses the frame as malformed; look up requestId {frame['requestId']} (connection "
+        f"{frame['connectionId']}) in the $default function's logs (key api_request_id) and API Gateway's "
+        f"execution logs",
+    )
 
 
 def _python_literal(text: str) -> dict[str, Any] | None:
