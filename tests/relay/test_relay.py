@@ -224,7 +224,7 @@ def test_a_bad_frame_gets_exactly_one_disconnect_naming_the_problem(aws: Aws) ->
     assert [m["type"] for m in got] == ["opened", "disconnect", "closed"]
     assert got[1]["parameters"] == {
         "reason": "error",
-        "info": "audio frame of 3201 bytes is not a whole number of PCMU 2-channel samples (a multiple of 2 bytes)",
+        "info": "audio frame of 3201 bytes is not a whole number of samples: stereo PCMU needs a multiple of 2 bytes",
     }
     assert (got[1]["seq"], got[1]["clientseq"]) == (2, 1)
 

@@ -288,6 +288,7 @@ class Relay:
         # arrival order, so a missing predecessor is a real gap: never wait for it.
         self.service = copy.copy(service)
         self.service.settings = dataclasses.replace(settings, predecessor_wait_ms=0)
+        self.service.in_order = True  # one input at a time per connection: no mailbox
         self.service.store = self.store
         self.service.records = _QueueWriter(self)
         self.service.poster_for = self._poster_for
@@ -456,7 +457,7 @@ class Relay:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return ws.respond(HTTPStatus.UPGRADE_REQUIRED, "WebSocket upgrade required\n")
         connection = Connection(
-            domain_name=request.headers.get("Host", ""), stage=request.path[1:], api_id=RELAY_API_ID,
+            domain_name=request.headers.get("Host", ""), stage=path[1:], api_id=RELAY_API_ID,
             source_ip=_source_ip(ws, request), user_agent=request.headers.get("User-Agent", ""),
         )
         event = connection.connect(
