@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from audiohook.aws.wiring import build_service
+from audiohook.config import Settings
 from audiohook.local.gateway import LocalStack
 from audiohook.relay.server import Relay
 from audiohook.tools.client import upgrade_headers
@@ -58,6 +59,14 @@ class Genesys:
         message = {"version": "2", "id": self.session_id, "type": type, "seq": self.seq, "serverseq": 0,
                    "position": "PT0S", "parameters": {} if parameters is None else parameters} | fields
         await self.socket.send(json.dumps(message))
+
+    async def gap(self, seq: int) -> None:
+        """A message ahead of its predecessor. The relay answers at once; the Lambda path keeps it
+        until the next input arriving PREDECESSOR_WAIT_MS (3 s) later (docs/sequencing.md)."""
+        await self.send("ping", seq=seq)
+        self.seq = seq
+        await asyncio.sleep(Settings().predecessor_wait_ms / 1000 + 0.1)
+        await self.send("ping")
 
     async def raw(self, data: str | bytes) -> None:
         await self.socket.send(data)
@@ -125,7 +134,7 @@ BAD_INPUTS = [
                  "message is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
                  1, id="invalid-json"),
     pytest.param(lambda g: g.send("ping", version="1"), 'unsupported version "1"; expected "2"', 2, id="wrong-version"),
-    pytest.param(lambda g: g.send("ping", seq=5), "ping.seq is 5 but the previous client seq was 1; expected 2", 1,
+    pytest.param(lambda g: g.gap(5), "ping.seq is 5 but the previous client seq was 1; expected 2", 1,
                  id="seq-gap"),
     pytest.param(lambda g: g.send("hello"), 'unknown message type "hello"', 2, id="unknown-type"),
     pytest.param(lambda g: g.raw(bytes(3201)),

@@ -33,7 +33,7 @@ class Settings:
     signature_clock_skew_s: int = 5
     nonce_ttl_s: int = 300
     # Lambda path (docs/sequencing.md): how long a message ahead of its predecessor waits in the
-    # mailbox (from API Gateway's receipt) before the next input reports the gap; how long the
+    # mailbox (from when it was parked) before the next input reports the gap; how long the
     # invocation applying a session holds its lease (at least the longest Timeout of the
     # functions that take it, so an expired lease means its holder is dead); how many bytes
     # of inputs may wait in one session's mailbox (the item must stay below 400 KB).

@@ -61,6 +61,7 @@ class Entry(BaseModel):
 
     kind: Literal["text", "audio", "full", "end"]
     at_ms: int
+    token: str | None = None  # the parking invocation's own: no two entries are equal
     seq: int | None = None  # text: the message's seq when readable; full: the refused message's
     digest: str | None = None  # text: of the whole text, for duplicates
     text: str | None = None  # text that parsed into a message
@@ -87,7 +88,7 @@ class Entry(BaseModel):
     @classmethod
     def of_full(cls, refused: "Entry") -> "Entry":
         """The small marker an invocation parks instead of its input when the mailbox is full."""
-        return cls(kind="full", at_ms=refused.at_ms, seq=refused.seq)
+        return cls(kind="full", at_ms=refused.at_ms, seq=refused.seq, token=refused.token)
 
     @property
     def size(self) -> int:

@@ -340,7 +340,8 @@ def test_a_client_flooding_far_ahead_gets_one_protocol_error(aws):
     waiting: list[Entry] = []
     while sum(entry.size for entry in waiting) <= 1000:
         text = json.dumps(client.message("ping"))
-        waiting.append(Entry.of_text(text, int(clock.now * 1000)))
+        token = "0" * 16  # each invocation's own token, the same length
+        waiting.append(Entry.of_text(text, int(clock.now * 1000)).model_copy(update={"token": token}))
         service.on_message(client.connection.message(text, now=clock.now))
     posted = aws.posted(client.connection.connection_id)
     assert [m["type"] for m in posted] == ["opened", "disconnect"]

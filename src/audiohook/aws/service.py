@@ -164,7 +164,7 @@ class AudioHookService:
         )
         log = {"connection_id": connection_id, "session_id": verdict.session_id}
         if verdict.nonce is not None and verdict.ok and not self.store.remember_nonce(
-                verdict.nonce, verdict.nonce_expires_at or 0):
+                verdict.nonce, verdict.nonce_expires_at or 0, connection_id):
             verdict = dataclasses.replace(verdict, ok=False, reason="signature nonce was already used (replay)")
         if not verdict.ok:
             logger.warning("upgrade rejected", extra=log | {"reason": verdict.reason, "target": target})
@@ -209,8 +209,10 @@ class AudioHookService:
 
     def _through_mailbox(self, event: APIGatewayWebSocketEvent, connection_id: str, entry: Entry) -> RouteResult:
         """Park ``entry``, or take the lease and apply everything waiting (docs/sequencing.md)."""
+        owner = secrets.token_hex(8)
+        entry = entry.model_copy(update={"token": owner})  # no two entries are equal (retried PARKs)
         held = self.store.enter(
-            connection_id, entry.to_json(), owner=secrets.token_hex(8), now_ms=int(self.clock() * 1000),
+            connection_id, entry.to_json(), owner=owner, now_ms=int(self.clock() * 1000),
             lease_ms=self.settings.lease_ms, limit_bytes=self.settings.mailbox_bytes,
             full_entry=Entry.of_full(entry).to_json(),
         )

@@ -88,17 +88,21 @@ class SessionStore:
     def _key(self, connection_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"conn#{connection_id}"}}
 
-    def remember_nonce(self, nonce: str, expires_at: int) -> bool:
-        """True the first time a nonce is seen; False for a replay."""
+    def remember_nonce(self, nonce: str, expires_at: int, connection_id: str = "") -> bool:
+        """True the first time a nonce is seen (or seen by this very connection: a retried
+        attempt whose first one succeeded); False for a replay."""
         self.calls += 1
         try:
             self._client.put_item(
                 TableName=self._table,
-                Item={"pk": {"S": f"nonce#{nonce}"}, "expiresAt": {"N": str(int(expires_at))}},
+                Item={"pk": {"S": f"nonce#{nonce}"}, "expiresAt": {"N": str(int(expires_at))},
+                      "connectionId": {"S": connection_id}},
                 ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
+        except self._client.exceptions.ConditionalCheckFailedException as error:
+            seen_by = (_failed_item(error) or {}).get("connectionId", {}).get("S")
+            return bool(connection_id) and seen_by == connection_id
         return True
 
     def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
@@ -112,7 +116,11 @@ class SessionStore:
         if api_key:
             item["apiKey"] = {"S": api_key}
         self.calls += 1
-        self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        try:
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except self._client.exceptions.ConditionalCheckFailedException:
+            pass  # connection ids are unique: only a retried attempt of ours can have written it
+
 
     def load(self, connection_id: str) -> StoredSession | None:
         self.calls += 1
@@ -185,7 +193,8 @@ class SessionStore:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except self._client.exceptions.ConditionalCheckFailedException as error:
-            return (_failed_item(error) or {}).get("connectionId", {}).get("S", "?")
+            holder = (_failed_item(error) or {}).get("connectionId", {}).get("S", "?")
+            return None if holder == connection_id else holder  # None: a retried attempt of ours
         return None
 
     def release_session_id(self, session_id: str, connection_id: str) -> bool:
@@ -234,8 +243,12 @@ class SessionStore:
                 )["Attributes"]
                 return _held(connection_id, owner, item)
             except self._client.exceptions.ConditionalCheckFailedException as error:
-                if _failed_item(error) is None:
+                old = _failed_item(error)
+                if old is None:
                     return None
+                if old.get("leaseOwner", {}).get("S") == owner:
+                    # botocore retried a TAKE whose first attempt did succeed (read timeout).
+                    return _held(connection_id, owner, old)
             room = ("size(mailbox) < :room", str(MAX_MARKERS)) if marker else (
                 "mailboxBytes <= :room", str(limit_bytes - size))
             self.calls += 1
@@ -243,10 +256,12 @@ class SessionStore:
                 self._client.update_item(
                     TableName=self._table, Key=key,
                     UpdateExpression="SET mailbox = list_append(mailbox, :entry), mailboxBytes = mailboxBytes + :size",
-                    ConditionExpression=f"leaseUntil >= :now AND {room[0]}",
+                    # NOT contains: a retried PARK whose first attempt succeeded parks nothing twice
+                    # (every entry carries its invocation's token, so no two are equal).
+                    ConditionExpression=f"leaseUntil >= :now AND {room[0]} AND NOT contains(mailbox, :one)",
                     ExpressionAttributeValues={
                         ":entry": {"L": [{"S": entry}]}, ":size": {"N": str(size)}, ":now": {"N": str(now_ms)},
-                        ":room": {"N": room[1]},
+                        ":room": {"N": room[1]}, ":one": {"S": entry},
                     },
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 )
@@ -255,6 +270,8 @@ class SessionStore:
                 old = _failed_item(error)
             if old is None:
                 return None
+            if {"S": entry} in old.get("mailbox", {}).get("L", []):
+                return PARKED
             if int(old["leaseUntil"]["N"]) < now_ms:
                 continue  # released in between: take it
             if marker:

@@ -28,8 +28,10 @@ from audiohook.config import Settings
 # that raises or times out with its own error frame, which Genesys reads as a malformed
 # message. DynamoDB and Secrets Manager: one retry after 50 ms (botocore's legacy mode
 # backoff for DynamoDB; standard mode waits up to 1 s); each attempt at most 0.5 s to connect
-# and 0.5 s to answer (in-region, single-item requests answer in milliseconds).
-_CLIENT_CONFIG = Config(retries={"mode": "legacy", "total_max_attempts": 2}, connect_timeout=0.5, read_timeout=0.5,
+# and 1 s to answer (in-region, single-item requests answer in milliseconds; the local stack's
+# moto server, one request at a time, needs the margin). Every conditional write is safe to
+# retry after a timeout whose first attempt did succeed (store.py).
+_CLIENT_CONFIG = Config(retries={"mode": "legacy", "total_max_attempts": 2}, connect_timeout=0.5, read_timeout=1.0,
                         max_pool_connections=64)
 # KinesisWriter and ConnectionPoster retry with their own backoff; botocore must not multiply it.
 _SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=0.5, read_timeout=1.0,

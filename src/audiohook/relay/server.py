@@ -112,8 +112,8 @@ class CachedSessionStore(SessionStore):
     def calls(self, value: int) -> None:
         self._inner.calls = value
 
-    def remember_nonce(self, nonce: str, expires_at: int) -> bool:
-        return self._inner.remember_nonce(nonce, expires_at)
+    def remember_nonce(self, nonce: str, expires_at: int, connection_id: str = "") -> bool:
+        return self._inner.remember_nonce(nonce, expires_at, connection_id)
 
     def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
         self._inner.create(connection_id, session, api_key)
