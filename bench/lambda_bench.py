@@ -1,30 +1,36 @@
-"""Lambda path: per message type, the handler's own time (AWS calls excluded), the AWS API
-calls it makes, and the cold import time of each handler module.
+"""Lambda path: AWS API calls and the handler's own time per message type, for this design
+(the per-connection mailbox, docs/sequencing.md) side by side with the previous design
+(GetItem + conditional UpdateItem + ``delivered`` mark, with waits: commit 295e967) in the
+same run, plus the cold import time of each handler module.
 
-AWS is moto in-process; every client call is timed and counted by a proxy, and that time
-is subtracted from the route's wall time, so the figure is our code (parsing, core,
-serialisation, boto3 request building is *inside* the proxy and excluded too).
+Each design runs in its own interpreter: the previous one from ``git archive`` of its
+commit, imported from a temporary directory. AWS is moto in-process; every client call is
+counted and timed by a proxy and that time is subtracted from the route's wall time, so the
+"own time" is our code only (parsing, core, serialisation).
 
-Run: python bench/lambda_bench.py [--rounds 200]
+Run: python bench/lambda_bench.py [--rounds 100] [--previous 295e967]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "layers" / "audiohook"), str(REPO / "handlers"), str(REPO / "tests")]
-os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+PREVIOUS = "295e967"
+SHORT = {"GetItem": "Get", "PutItem": "Put", "UpdateItem": "Update", "DeleteItem": "Delete",
+         "PostToConnection": "post", "PutRecords": "Kinesis"}
 
 
 class TimedClient:
@@ -44,7 +50,8 @@ class TimedClient:
                 return method(*args, **kwargs)
             finally:
                 self._ledger.aws_seconds += time.perf_counter() - started
-                self._ledger.calls[name] += 1
+                operation = self._client.meta.method_to_api_mapping.get(name, name)
+                self._ledger.calls[operation] += 1
 
         return call
 
@@ -59,7 +66,11 @@ class Ledger:
         self.calls.clear()
 
 
-def measure_routes(rounds: int) -> list[tuple[str, float, str]]:
+def worker(rounds: int) -> None:
+    """Runs in a subprocess whose sys.path starts with the design's src/: prints JSON rows."""
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      POWERTOOLS_LOG_LEVEL="CRITICAL")
+    sys.path.insert(1, str(REPO / "tests"))
     import boto3
     from moto import mock_aws
 
@@ -107,16 +118,28 @@ def measure_routes(rounds: int) -> list[tuple[str, float, str]]:
                 client.message("resumed", {"start": "PT0.2S", "discarded": "PT1S"}))))
             run("close", service.on_message, c.message(json.dumps(client.message("close", {"reason": "end"}))))
             run("$disconnect", service.on_disconnect, c.disconnect(1000, "Client-side close frame status set to '1000'"))
-    table = []
-    for name, samples in rows.items():
-        median_us = statistics.median(own for own, _ in samples) * 1e6
-        calls = samples[-1][1]
-        table.append((name, median_us, ", ".join(f"{op} x{n}" for op, n in sorted(calls.items())) or "none"))
-    return table
+    table = {name: {"own_us": statistics.median(own for own, _ in samples) * 1e6, "calls": samples[-1][1]}
+             for name, samples in rows.items()}
+    print(json.dumps(table))
+
+
+def measure(src: Path, rounds: int) -> dict[str, Any]:
+    env = os.environ | {"PYTHONPATH": str(src)}
+    out = subprocess.run([sys.executable, __file__, "--worker", "--rounds", str(rounds)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def previous_src(commit: str, into: Path) -> Path:
+    """The previous design's src/ from git (no worktree: an archive unpacked in a temp dir)."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "src"], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
 
 
 def cold_import_ms(module: str, repeats: int = 5) -> float:
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "layers" / "audiohook"), str(REPO / "handlers")])}
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "handlers")])}
     timings = []
     for _ in range(repeats):
         code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
@@ -125,16 +148,37 @@ def cold_import_ms(module: str, repeats: int = 5) -> float:
     return statistics.median(timings)
 
 
+def describe(calls: dict[str, int]) -> tuple[str, int, int]:
+    dynamodb = sum(n for op, n in calls.items() if op in ("GetItem", "PutItem", "UpdateItem", "DeleteItem"))
+    posts = calls.get("PostToConnection", 0)
+    text = " + ".join(f"{n} {SHORT.get(op, op)}" for op, n in sorted(calls.items())) or "none"
+    return text, dynamodb, posts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--previous", default=PREVIOUS, help="commit of the previous design")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    table = measure_routes(args.rounds)
-    baseline = next(us for name, us, _ in table if name == "ping")
-    print(f"Lambda path, {args.rounds} sessions, median per message (AWS time excluded)")
-    print(f"{'message':<22}{'own time':>12}{'vs ping':>9}  AWS API calls")
-    for name, us, calls in table:
-        print(f"{name:<22}{us:>9.0f} us{us / baseline:>8.2f}x  {calls}")
+    if args.worker:
+        worker(args.rounds)
+        return
+    with tempfile.TemporaryDirectory() as temp:
+        before = measure(previous_src(args.previous, Path(temp)), args.rounds)
+    now = measure(REPO / "src", args.rounds)
+    print(f"Lambda path, {args.rounds} sessions, no contention: AWS calls per message and our own time "
+          "(median, AWS time excluded)")
+    print(f"{'message':<22}{'DynamoDB':>9}{'posts':>6}  {'this design':<36}{'own':>8}   "
+          f"{'DynamoDB':>9}{'posts':>6}  {'previous (' + args.previous + ')':<36}{'own':>8}")
+    for name in now:
+        new_text, new_db, new_posts = describe(now[name]["calls"])
+        old_text, old_db, old_posts = describe(before.get(name, {}).get("calls", {}))
+        print(f"{name:<22}{new_db:>9}{new_posts:>6}  {new_text:<36}{now[name]['own_us']:>6.0f}us   "
+              f"{old_db:>9}{old_posts:>6}  {old_text:<36}{before.get(name, {}).get('own_us', 0):>6.0f}us")
+    ping = now["ping"]["calls"]
+    verdict = "met" if describe(ping)[1] <= 2 and describe(ping)[2] <= 1 else "MISSED"
+    print(f"\ntarget: ping <= 2 DynamoDB calls + 1 post: {verdict}")
     print("\ncold import (fresh interpreter, median of 5)")
     base = cold_import_ms("json")
     for module in ("on_connect", "on_message", "on_disconnect"):

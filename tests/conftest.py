@@ -123,7 +123,10 @@ class Client:
         self.serverseq = 0
 
     def connect_event(self, now: float | None = None, api_key: str = API_KEY, secret: str = CLIENT_SECRET,
-                      nonce: str | None = None, **header_overrides: str) -> dict[str, Any]:
+                      nonce: str | None = None, query: str = "", signed_target: str | None = None,
+                      **header_overrides: str) -> dict[str, Any]:
+        """The $connect event of a signed upgrade to ``/<stage>?<query>`` (the target signed is
+        that path + query, as Genesys signs it, unless ``signed_target`` says otherwise)."""
         now = time.time() if now is None else now
         headers = {
             "Host": DOMAIN,
@@ -134,11 +137,10 @@ class Client:
             "User-Agent": "GenesysCloud-AudioHook-Client",
         }
         if secret:
-            headers |= auth.sign_upgrade(
-                headers, f"/{STAGE}", api_key, secret, now=now, nonce=nonce or uuid.uuid4().hex
-            )
+            target = signed_target or (f"/{STAGE}?{query}" if query else f"/{STAGE}")
+            headers |= auth.sign_upgrade(headers, target, api_key, secret, now=now, nonce=nonce or uuid.uuid4().hex)
         headers |= header_overrides
-        return self.connection.connect(headers, now=now)
+        return self.connection.connect(headers, now=now, query=query)
 
     def connect(self, **kwargs: Any) -> dict[str, Any]:
         return self.service.on_connect(self.connect_event(**kwargs)).response

@@ -115,3 +115,16 @@ def fail_calls(client: Any, operation: str, code: str, status: int, calls: int |
 
     client.meta.events.register(f"before-call.{operation}", short_circuit)
     return made
+
+
+def function_timeouts() -> dict[str, int]:
+    """Each Lambda function's Timeout (s), as template.yaml sets it."""
+    from cfnlint.decode import decode
+
+    from conftest import REPO
+
+    template, matches = decode(str(REPO / "template.yaml"))
+    assert not matches
+    default = template["Globals"]["Function"]["Timeout"]
+    return {name: int(resource["Properties"].get("Timeout", default))
+            for name, resource in template["Resources"].items() if resource["Type"] == "AWS::Serverless::Function"}

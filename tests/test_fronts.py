@@ -33,6 +33,7 @@ import pytest
 import websockets
 
 from audiohook.aws.stream import read_stream
+from audiohook.config import Settings
 from audiohook.local.gateway import LocalStack
 from audiohook.records import AudioRecord, LifecycleRecord, decode_record
 from audiohook.tools.client import duration, upgrade_headers
@@ -127,6 +128,14 @@ class Genesys:
                    "parameters": {} if parameters is None else parameters} | fields
         self.checker.client_sent(message, time.time())
         await self.socket.send(json.dumps(message))
+
+    async def gap(self, seq: int) -> None:
+        """A message ahead of its predecessor. The relay answers at once; the Lambda path keeps it
+        until the next input arriving PREDECESSOR_WAIT_MS (3 s) later (docs/sequencing.md)."""
+        await self.send("ping", seq=seq)
+        self.seq = seq
+        await asyncio.sleep(Settings().predecessor_wait_ms / 1000 + 0.1)
+        await self.send("ping")
 
     async def raw(self, data: str | bytes) -> None:
         await self.socket.send(data)
@@ -288,13 +297,13 @@ BAD_TEXT = [
                  "message is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
                  1, id="invalid-json"),
     pytest.param(lambda g: g.send("ping", version="1"), 'unsupported version "1"; expected "2"', 2, id="wrong-version"),
-    pytest.param(lambda g: g.send("ping", seq=5), "ping.seq is 5 but the previous client seq was 1; expected 2", 1,
+    pytest.param(lambda g: g.gap(5), "ping.seq is 5 but the previous client seq was 1; expected 2", 1,
                  id="seq-gap"),
     pytest.param(lambda g: g.send("hello"), 'unknown message type "hello"', 2, id="unknown-type"),
 ]
 BAD_AUDIO = [
     pytest.param(lambda g: g.raw(bytes(3201)),
-                 "audio frame of 3201 bytes is not a whole number of PCMU 2-channel samples (a multiple of 2 bytes)",
+                 "audio frame of 3201 bytes is not a whole number of samples: stereo PCMU needs a multiple of 2 bytes",
                  1, id="audio-bad-length"),
 ]
 

@@ -32,8 +32,14 @@ class Settings:
     signature_max_age_s: int = 10
     signature_clock_skew_s: int = 5
     nonce_ttl_s: int = 300
-    # How long a $default invocation waits for its predecessor (client seq - 1) to be applied.
+    # Lambda path (docs/sequencing.md): how long a message ahead of its predecessor waits in the
+    # mailbox (from when it was parked) before the next input reports the gap; how long the
+    # invocation applying a session holds its lease (at least the longest Timeout of the
+    # functions that take it, so an expired lease means its holder is dead); how many bytes
+    # of inputs may wait in one session's mailbox (the item must stay below 400 KB).
     predecessor_wait_ms: int = 3000
+    lease_ms: int = 15000
+    mailbox_bytes: int = 128 * 1024
     session_ttl_s: int = 3 * 24 * 3600
     # Override of the @connections endpoint (local gateway); empty: https://<domainName>/<stage>.
     connections_endpoint: str = ""
@@ -68,6 +74,8 @@ class Settings:
             signature_clock_skew_s=_int(env, "SIGNATURE_CLOCK_SKEW_S", defaults.signature_clock_skew_s),
             nonce_ttl_s=_int(env, "NONCE_TTL_S", defaults.nonce_ttl_s),
             predecessor_wait_ms=_int(env, "PREDECESSOR_WAIT_MS", defaults.predecessor_wait_ms),
+            lease_ms=_int(env, "LEASE_MS", defaults.lease_ms),
+            mailbox_bytes=_int(env, "MAILBOX_BYTES", defaults.mailbox_bytes),
             session_ttl_s=_int(env, "SESSION_TTL_S", defaults.session_ttl_s),
             connections_endpoint=env.get("CONNECTIONS_ENDPOINT", defaults.connections_endpoint),
             secrets_cache_s=_int(env, "SECRETS_CACHE_S", defaults.secrets_cache_s),

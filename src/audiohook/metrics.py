@@ -65,12 +65,17 @@ BUFFERED_BYTES = Metric("BufferedBytes", "Bytes", "records held by one relay tas
 CONTROL_ACTIONS = Metric("ControlActions", "Count", "server-initiated pause, resume, event, disconnect, reconnect",
                          breakdown="Action")
 RECONNECTS = Metric("Reconnects", "Count", "sessions opened to continue another (open.continuedSessions)")
+SESSION_ID_CONFLICTS = Metric("SessionIdConflicts", "Count", "upgrades refused (409): the session id is live elsewhere")
+INPUTS_DROPPED = Metric("InputsDropped", "Count", "Lambda path: inputs refused by a full mailbox")
+LEASES_LOST = Metric("LeasesLost", "Count", "Lambda path: a lease expired under its holder and was taken over")
+POST_FAILURES = Metric("PostFailures", "Count", "posts to a connection that failed for a reason other than gone")
 
 ALL: tuple[Metric, ...] = (
     CONNECTIONS, UPGRADES_REJECTED, PROBE_SESSIONS, CALL_SESSIONS, ACTIVE_SESSIONS, PROTOCOL_ERRORS,
     INPUT_IGNORED, DUPLICATE_MESSAGES, GONE_CONNECTIONS, AUDIO_FRAMES, AUDIO_BYTES, AUDIO_ACK_DELAY,
     KINESIS_THROTTLES, KINESIS_RETRIES, RECORDS_UNDELIVERED, AUDIO_GAPS, AUDIO_DROPPED_FRAMES,
-    AUDIO_DROPPED_BYTES, BUFFERED_BYTES, CONTROL_ACTIONS, RECONNECTS,
+    AUDIO_DROPPED_BYTES, BUFFERED_BYTES, CONTROL_ACTIONS, RECONNECTS, SESSION_ID_CONFLICTS, INPUTS_DROPPED,
+    LEASES_LOST, POST_FAILURES,
 )
 BY_NAME: dict[str, Metric] = {metric.name: metric for metric in ALL}
 # Levels only a long-running process has: a Lambda invocation cannot see the other connections.

@@ -80,6 +80,7 @@ class Session:
     client_position: int = 0  # samples per channel the client says it had streamed (its latest `position`)
     frames: int = 0
     audio_bytes: int = 0
+    empty_frames: int = 0  # 0-byte binary frames: ignored, only counted
     error_info: str | None = None
     opened_at: float | None = None
     closed_at: float | None = None
@@ -278,21 +279,26 @@ def _close(session: Session, message: Close, now: float) -> Outcome:
 def receive_audio(session: Session, size: int) -> Outcome | None:
     """Account for one binary frame of ``size`` bytes. None: accepted (position advanced).
 
-    This is the per-frame hot path (the relay calls it for every 200 ms frame), so it does
-    no allocation on success.
+    An empty frame carries no samples: it is counted and ignored (an empty ``Outcome``, so
+    nothing is recorded for it), never a protocol error. This is the per-frame hot path (the
+    relay calls it for every 200 ms frame), so it does no allocation on success.
     """
+    if not size:
+        session.empty_frames += 1
+        return Outcome()
     media = session.media
     if media is not None and (session.state is State.ACTIVE or _sent_before_last_message(session, media, size)):
         sample_frame = BYTES_PER_SAMPLE[media["format"]] * len(media["channels"])
-        if size and size % sample_frame == 0:
+        if size % sample_frame == 0:
             session.position += size // sample_frame
             session.frames += 1
             session.audio_bytes += size
             return None
         geometry = FrameGeometry.of(media)
+        layout = "stereo" if len(geometry.channels) == 2 else "mono"
         return protocol_error(session, (
-            f"audio frame of {size} bytes is not a whole number of {geometry.format} "
-            f"{len(geometry.channels)}-channel samples (a multiple of {sample_frame} bytes)"
+            f"audio frame of {size} bytes is not a whole number of samples: "
+            f"{layout} {geometry.format} needs a multiple of {sample_frame} bytes"
         ))
     if session.state in (State.ERROR, State.UNAUTHORIZED, State.CLOSED, State.CLOSING):
         return Outcome(violation=f"audio frame ignored in state {session.state.value}")
@@ -340,7 +346,8 @@ def finish(session: Session, now: float, status_code: int | None, reason: str | 
     session.state = State.CLOSED
     counters = {
         "outcome": ended, "state": previous.value, "statusCode": status_code, "reason": reason,
-        "frames": session.frames, "audioBytes": session.audio_bytes, "position": session.position,
+        "frames": session.frames, "audioBytes": session.audio_bytes, "emptyFrames": session.empty_frames,
+        "position": session.position,
         "seq": session.seq, "clientseq": session.clientseq, "error": session.error_info,
     }
     return Outcome(lifecycle=[Lifecycle("disconnected", counters)])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
@@ -10,7 +12,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEven
 from audiohook.aws.stream import KinesisWriter
 from audiohook.records import AudioRecord, LifecycleRecord, decode_record
 from conftest import API_KEY, DOMAIN, STAGE, Client, open_parameters
-from faults import Faults, fail_calls
+from faults import Faults, fail_calls, function_timeouts
 
 NOW = time.time()
 CALL = open_parameters("4c3d4d4e-8f5a-4f43-9b0c-1a2b3c4d5e6f", "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")
@@ -94,9 +96,9 @@ def test_throttled_post_is_retried_and_delivered(aws, service):
     client = Client(service)
     client.connect()
     made = fail_calls(poster_client(service), "apigatewaymanagementapi.PostToConnection",
-                      "LimitExceededException", 429, calls=2)
+                      "LimitExceededException", 429, calls=1)
     client.send(client.message("open", CALL))
-    assert len(made) == 3
+    assert len(made) == 2  # one retry: the Lambda's time budget (wiring.POST_ATTEMPTS)
     assert [m["type"] for m in aws.posted(client.connection.connection_id)] == ["opened"]
 
 
@@ -135,3 +137,70 @@ def test_messages_for_an_unknown_connection_are_acknowledged_and_ignored(aws, se
 def test_endpoint_for_replies_is_the_execute_api_stage(service):
     event = APIGatewayWebSocketEvent(Client(service).connection.message(""))
     assert service.poster_for(event).client.meta.endpoint_url == f"https://{DOMAIN}/{STAGE}"
+
+
+class SilentEndpoint:
+    """A TCP server that accepts every connection and never answers (an AWS endpoint hanging)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._held: list[Any] = []
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self._held.append(self._server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._server.close()
+        for connection in self._held:
+            connection.close()
+
+
+def unreachable_endpoint() -> str:
+    """A local port nobody listens on: every call fails at once."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("endpoint", ["silent", "unreachable"])
+def test_handlers_answer_within_the_timeout_when_every_aws_call_hangs_or_fails(monkeypatch, endpoint):
+    """Never an unhandled exception, never past the function's Timeout: API Gateway would
+    otherwise send the client its own error frame (Genesys: "Message is malformed")."""
+    import on_connect
+    import on_disconnect
+    import on_message
+
+    silent = SilentEndpoint() if endpoint == "silent" else None
+    url = silent.url if silent else unreachable_endpoint()
+    for name, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": url, "CONNECTIONS_ENDPOINT": url, "POWERTOOLS_METRICS_DISABLED": "true",
+                        "POWERTOOLS_LOG_LEVEL": "CRITICAL"}.items():
+        monkeypatch.setenv(name, value)
+    timeouts = function_timeouts()
+    client = Client(service=None)
+    try:
+        for handler, event, route, answer in [
+            (on_connect.handler, client.connect_event(), "ConnectFunction", {"statusCode": 500}),
+            (on_message.handler, client.connection.message(json.dumps(client.message("open", CALL))),
+             "MessageFunction", {"statusCode": 200}),
+            (on_message.handler, client.connection.message(bytes(3200)), "MessageFunction", {"statusCode": 200}),
+            (on_disconnect.handler, client.connection.disconnect(1006, "Going away"), "DisconnectFunction",
+             {"statusCode": 200}),
+        ]:
+            started = time.monotonic()
+            assert handler(event, None) == answer
+            assert time.monotonic() - started < timeouts[route] / 2, route  # well inside the Timeout
+    finally:
+        if silent:
+            silent.close()

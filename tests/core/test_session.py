@@ -482,7 +482,8 @@ def test_finish_after_close_reports_closed_once() -> None:
     first = finish(genesys.session, NOW + 5, 1000, "Client-side close frame status set to '1000'")
     assert first == Outcome(lifecycle=[Lifecycle("disconnected", {
         "outcome": "closed", "state": "CLOSED", "statusCode": 1000,
-        "reason": "Client-side close frame status set to '1000'", "frames": 1, "audioBytes": 3200, "position": 1600,
+        "reason": "Client-side close frame status set to '1000'", "frames": 1, "audioBytes": 3200, "emptyFrames": 0,
+        "position": 1600,
         "seq": 2, "clientseq": 2, "error": None,
     })])
     assert genesys.session.disconnected_at == NOW + 5
@@ -497,7 +498,7 @@ def test_finish_without_close_reports_abandoned_once() -> None:
     first = finish(genesys.session, NOW + 5, 1006, None)
     assert first == Outcome(lifecycle=[Lifecycle("disconnected", {
         "outcome": "abandoned", "state": "ACTIVE", "statusCode": 1006, "reason": None, "frames": 2,
-        "audioBytes": 6400, "position": 3200, "seq": 1, "clientseq": 1, "error": None,
+        "audioBytes": 6400, "emptyFrames": 0, "position": 3200, "seq": 1, "clientseq": 1, "error": None,
     })])
     assert genesys.session.state is State.CLOSED
     assert finish(genesys.session, NOW + 6, 1006, None) == Outcome()
@@ -641,16 +642,16 @@ BAD_INPUT = [
     ), id="audio-without-media"),
     pytest.param(BadInput(
         lambda g: g.audio(3201),
-        "audio frame of 3201 bytes is not a whole number of PCMU 2-channel samples (a multiple of 2 bytes)", 1,
+        "audio frame of 3201 bytes is not a whole number of samples: stereo PCMU needs a multiple of 2 bytes", 1,
     ), id="pcmu-stereo-odd-length"),
     pytest.param(BadInput(
         lambda g: g.audio(3199),
-        "audio frame of 3199 bytes is not a whole number of L16 1-channel samples (a multiple of 2 bytes)", 1,
+        "audio frame of 3199 bytes is not a whole number of samples: mono L16 needs a multiple of 2 bytes", 1,
         setup=lambda g: g.open(media=[EXTERNAL_L16]), policy=Policy(media_preference=parse_preference("L16/mono")),
     ), id="l16-mono-odd-length"),
     pytest.param(BadInput(
         lambda g: g.audio(6402),
-        "audio frame of 6402 bytes is not a whole number of L16 2-channel samples (a multiple of 4 bytes)", 1,
+        "audio frame of 6402 bytes is not a whole number of samples: stereo L16 needs a multiple of 4 bytes", 1,
         setup=lambda g: g.open(media=[STEREO_L16]),
     ), id="l16-stereo-half-sample"),
 ]
@@ -724,3 +725,34 @@ def test_audio_sent_before_paused_but_applied_after_it_is_kept() -> None:
     assert genesys.audio(3200) is None
     outcome = genesys.audio(3200)
     assert outcome is not None and outcome.violation == "audio frame received while PAUSED"
+
+
+@pytest.mark.parametrize("setup", [
+    pytest.param(lambda g: g.open(), id="active"),
+    pytest.param(lambda g: None, id="before-open"),
+    pytest.param(lambda g: (g.open(), g.send("paused")), id="paused"),
+])
+def test_empty_audio_frame_is_ignored_and_counted(setup: Any) -> None:
+    genesys = Genesys()
+    setup(genesys)
+    state, position = genesys.session.state, genesys.session.position
+    assert genesys.audio(0) == Outcome()
+    assert genesys.audio(0) == Outcome()
+    assert (genesys.session.state, genesys.session.position, genesys.session.frames) == (state, position, 0)
+    assert genesys.session.empty_frames == 2
+    final = finish(genesys.session, NOW + 1, 1000, None)
+    assert final.lifecycle[0].data["emptyFrames"] == 2
+
+
+@pytest.mark.parametrize(("media", "size", "info"), [
+    pytest.param(STEREO_PCMU, 5, "audio frame of 5 bytes is not a whole number of samples: "
+                 "stereo PCMU needs a multiple of 2 bytes", id="stereo-pcmu"),
+    pytest.param(STEREO_L16, 6, "audio frame of 6 bytes is not a whole number of samples: "
+                 "stereo L16 needs a multiple of 4 bytes", id="stereo-l16"),
+])
+def test_frame_length_error_states_the_rule(media: dict[str, Any], size: int, info: str) -> None:
+    genesys = Genesys()
+    genesys.open(media=[media])
+    outcome = genesys.audio(size)
+    assert outcome is not None and outcome.violation == info
+    assert outcome.replies[0].parameters.info == info

@@ -119,6 +119,7 @@ def test_task_role_grants_exactly_what_the_relay_calls(template: dict[str, Any])
         "dynamodb:GetItem": [{"Fn::GetAtt": ["SessionsTable", "Arn"]}],
         "dynamodb:PutItem": [{"Fn::GetAtt": ["SessionsTable", "Arn"]}],
         "dynamodb:UpdateItem": [{"Fn::GetAtt": ["SessionsTable", "Arn"]}],
+        "dynamodb:DeleteItem": [{"Fn::GetAtt": ["SessionsTable", "Arn"]}],
         "kinesis:PutRecords": [{"Fn::GetAtt": ["AudioStream", "Arn"]}],
         "secretsmanager:GetSecretValue": [{"Ref": "ApiKeysSecret"}],
     }

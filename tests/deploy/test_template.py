@@ -365,13 +365,22 @@ def _grants(resources: dict[str, Any], function: str) -> dict[str, list[Any]]:
     return grants
 
 
+def test_lease_outlasts_every_function_that_takes_it(template: dict[str, Any]) -> None:
+    """An expired lease must mean a dead holder: the lease is at least the longest Timeout."""
+    from audiohook.config import Settings
+
+    lease_ms = Settings().lease_ms
+    for function in ("MessageFunction", "DisconnectFunction"):
+        assert _function_props(template, function)["Timeout"] * 1000 <= lease_ms, function
+
+
 def test_least_privilege_per_function(resources: dict[str, Any]) -> None:
     table = {"Fn::GetAtt": ["SessionsTable", "Arn"]}
     stream = {"Fn::GetAtt": ["AudioStream", "Arn"]}
     expected_dynamodb = {
-        "ConnectFunction": {"dynamodb:PutItem"},
-        "MessageFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem"},
-        "DisconnectFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+        "ConnectFunction": {"dynamodb:PutItem", "dynamodb:DeleteItem"},
+        "MessageFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+        "DisconnectFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
     }
     # $connect only verifies the caller; records are written once a session exists.
     expected_kinesis = {"ConnectFunction": set(), "MessageFunction": {"kinesis:PutRecords"},

@@ -224,7 +224,7 @@ def test_a_bad_frame_gets_exactly_one_disconnect_naming_the_problem(aws: Aws) ->
     assert [m["type"] for m in got] == ["opened", "disconnect", "closed"]
     assert got[1]["parameters"] == {
         "reason": "error",
-        "info": "audio frame of 3201 bytes is not a whole number of PCMU 2-channel samples (a multiple of 2 bytes)",
+        "info": "audio frame of 3201 bytes is not a whole number of samples: stereo PCMU needs a multiple of 2 bytes",
     }
     assert (got[1]["seq"], got[1]["clientseq"]) == (2, 1)
 
@@ -333,8 +333,18 @@ def test_a_session_id_used_again_gets_a_queue_of_its_own(aws: Aws) -> None:
         await receive(ws)
         await ws.close()
 
+    async def released(deadline_s: float = 5.0) -> None:
+        """A session id is live until its connection has ended on the relay (409 meanwhile)."""
+        marker = {"pk": {"S": f"session#{s}"}}
+        for _ in range(int(deadline_s / 0.02)):
+            if "Item" not in aws.dynamodb.get_item(TableName=aws.settings.sessions_table, Key=marker):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the first connection never released its session id")
+
     async def scenario(relay: Relay) -> None:
         await one(relay, open_parameters(*CALL_IDS), frame(1))
+        await released()
         await one(relay, mono, frame(2))
 
     run(_with_relay(aws, scenario, flush_ms=1000))

@@ -4,12 +4,22 @@ Each route takes an API Gateway WebSocket event, runs the sans-I/O core and maps
 outcome to adapter calls: the session store (DynamoDB), the connection poster
 (@connections or a socket) and the Kinesis writer. Nothing here raises out of a route:
 AWS faults are logged, counted and recorded, and the route still answers.
+
+Two ways to apply a connection's inputs:
+
+- the Lambda path (API Gateway runs ``$default`` invocations concurrently and unordered):
+  every input goes through the session's mailbox; the invocation holding the lease applies
+  it and every parked successor (:func:`audiohook.sequencing.drain`), posts the replies in
+  ``seq`` order and releases; the others park and return at once (docs/sequencing.md);
+- a front that hands over one input at a time per connection, in arrival order (the relay,
+  ``in_order = True``): load, apply, save, :meth:`AudioHookService.deliver`.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,18 +30,23 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEven
 
 from audiohook import auth, sequencing
 from audiohook import metrics as M
-from audiohook.aws.store import SessionStore, StoredSession
+from audiohook.aws.store import PARKED, Held, SessionStore, StoredSession
 from audiohook.aws.stream import PutOutcome
 from audiohook.config import Settings
 from audiohook.media import parse_preference
 from audiohook.protocol import parse_client_message
 from audiohook.records import AudioRecord, AudioRecordEncoder, decode_record, encode_lifecycle_record, gap_data
-from audiohook.session import Outcome, Policy, Session, State, finish, receive, receive_audio
+from audiohook.sequencing import Entry
+from audiohook.session import Outcome, Policy, Session, finish, receive, receive_audio
 
 logger = Logger(service="audiohook")
 
 OK = {"statusCode": 200}
 UNAUTHORIZED = {"statusCode": 401}
+CONFLICT = {"statusCode": 409}
+# A lease holder starts no new round of applying after this long (inputs parked meanwhile
+# stay for the next holder), so one invocation's work stays bounded (docs/architecture.md).
+DRAIN_BUDGET_S = 2.0
 
 
 class Poster(Protocol):
@@ -75,6 +90,7 @@ class RouteResult:
     outcome: Outcome = field(default_factory=Outcome)
     duplicate: bool = False
     gone: bool = False
+    parked: bool = False  # the input waits in the mailbox; the lease holder applies it
 
 
 def _connection_id(event: APIGatewayWebSocketEvent) -> str:
@@ -87,6 +103,31 @@ def _request_epoch_s(event: APIGatewayWebSocketEvent, clock: Callable[[], float]
     return epoch_ms / 1000 if isinstance(epoch_ms, (int, float)) else clock()
 
 
+# Characters a query component may carry as they are (RFC 3986 pchar, "/" and "?"), except
+# the delimiters "&" "=" and "+", which are percent-encoded when they are part of a value.
+_QUERY_SAFE = "-._~!$'()*,;:@/?"
+
+
+def request_target(event: APIGatewayWebSocketEvent) -> str:
+    """``/<stage>`` plus the query of the upgrade URL, rebuilt from the ``$connect`` event.
+
+    API Gateway passes the query decoded, as ``multiValueQueryStringParameters`` (every value
+    of each name, in order) and ``queryStringParameters`` (the last value of each name);
+    the raw query string is not in the event. Rebuilt as ``name=value`` pairs, names in the
+    event's order, each value percent-encoded only where it must be (docs/architecture.md).
+    """
+    from urllib.parse import quote
+
+    target = f"/{event.request_context.stage}"
+    multi = event.get("multiValueQueryStringParameters") or {}
+    single = event.get("queryStringParameters") or {}
+    pairs = [(name, value) for name, values in multi.items() for value in values] if multi else list(single.items())
+    if not pairs:
+        return target
+    return target + "?" + "&".join(
+        f"{quote(name, safe=_QUERY_SAFE)}={quote(value, safe=_QUERY_SAFE)}" for name, value in pairs)
+
+
 class AudioHookService:
     def __init__(
         self,
@@ -96,8 +137,8 @@ class AudioHookService:
         poster_for: Callable[[APIGatewayWebSocketEvent], Poster],
         client_secrets: Callable[[], Mapping[str, str]],
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
         metrics: MetricSink | None = None,
+        in_order: bool = False,
     ):
         self.settings = settings
         self.store = store
@@ -105,7 +146,9 @@ class AudioHookService:
         self.poster_for = poster_for
         self.client_secrets = client_secrets
         self.clock = clock
-        self.sleep = sleep
+        # True for a front that hands over one input at a time per connection, in arrival
+        # order (the relay): inputs are applied directly, without the mailbox.
+        self.in_order = in_order
         self.metrics: MetricSink = metrics if metrics is not None else Counters()
         self.policy = Policy(
             media_preference=parse_preference(settings.media_preference),
@@ -118,27 +161,39 @@ class AudioHookService:
     def on_connect(self, raw_event: dict[str, Any]) -> RouteResult:
         event = APIGatewayWebSocketEvent(raw_event)
         connection_id = _connection_id(event)
-        target = self.settings.request_target or f"/{event.request_context.stage}"
+        target = self.settings.request_target or request_target(event)
         try:
-            secrets = self.client_secrets()
+            secrets_map = self.client_secrets()
         except Exception:
             logger.exception("cannot read the API key map", extra={"connection_id": connection_id})
             return RouteResult({"statusCode": 500})
         verdict = auth.verify_upgrade(
-            dict(event.headers), target, secrets, now=_request_epoch_s(event, self.clock),
+            dict(event.headers), target, secrets_map, now=_request_epoch_s(event, self.clock),
             max_age_s=self.settings.signature_max_age_s, clock_skew_s=self.settings.signature_clock_skew_s,
         )
         log = {"connection_id": connection_id, "session_id": verdict.session_id}
         logger.thread_safe_append_keys(**{key: value for key, value in log.items() if value is not None})
         if verdict.nonce is not None and verdict.ok and not self.store.remember_nonce(
-                verdict.nonce, verdict.nonce_expires_at or 0):
+                verdict.nonce, verdict.nonce_expires_at or 0, connection_id):
             verdict = dataclasses.replace(verdict, ok=False, reason="signature nonce was already used (replay)")
         if not verdict.ok:
-            logger.warning("upgrade rejected", extra=log | {"reason": verdict.reason})
+            logger.warning("upgrade rejected", extra=log | {"reason": verdict.reason, "target": target})
             self.metric(M.UPGRADES_REJECTED, by=M.upgrade_rejection_class(verdict.reason))
             return RouteResult(UNAUTHORIZED)
+        if verdict.session_id:
+            holder = self.store.claim_session_id(verdict.session_id, connection_id)
+            if holder is not None:
+                logger.warning("upgrade refused: the session id is live on another connection",
+                               extra=log | {"holder_connection_id": holder})
+                self.metric(M.SESSION_ID_CONFLICTS)
+                return RouteResult(CONFLICT)
         session = Session(session_id=verdict.session_id, organization_id=verdict.organization_id)
-        self.store.create(connection_id, session, verdict.api_key)
+        try:
+            self.store.create(connection_id, session, verdict.api_key)
+        except Exception:
+            if verdict.session_id:  # a refused connection keeps no state
+                self.store.release_session_id(verdict.session_id, connection_id)
+            raise
         logger.info("upgrade accepted", extra=log)
         self.metric(M.CONNECTIONS)
         return RouteResult(OK, session)
@@ -149,84 +204,194 @@ class AudioHookService:
         event = APIGatewayWebSocketEvent(raw_event)
         connection_id = _connection_id(event)
         body = event.body or ""
-        if event.get("isBase64Encoded"):
-            return self._on_audio(event, connection_id, base64.b64decode(body))
-        return self._on_text(event, connection_id, body)
+        binary = bool(event.get("isBase64Encoded"))
+        if self.in_order:
+            if binary:
+                return self._audio_in_order(event, connection_id, base64.b64decode(body))
+            return self._text_in_order(event, connection_id, body)
+        # When it reached the mailbox (not API Gateway's receipt): a front that queued the
+        # invocation for a while does not eat into the predecessor's time to arrive.
+        at_ms = int(self.clock() * 1000)
+        entry = Entry.of_audio(base64.b64decode(body), at_ms) if binary else Entry.of_text(body, at_ms)
+        return self._through_mailbox(event, connection_id, entry)
 
-    def _on_text(self, event: APIGatewayWebSocketEvent, connection_id: str, text: str) -> RouteResult:
-        message = parse_client_message(text)
-        seq = message.seq
-        text_digest = sequencing.digest(text)
-        deadline = self.clock() + self.settings.predecessor_wait_ms / 1000
-        delay = 0.02
+    # Lambda path ---------------------------------------------------------------------
+
+    def _through_mailbox(self, event: APIGatewayWebSocketEvent, connection_id: str, entry: Entry) -> RouteResult:
+        """Park ``entry``, or take the lease and apply everything waiting (docs/sequencing.md)."""
+        owner = secrets.token_hex(8)
+        entry = entry.model_copy(update={"token": owner})  # no two entries are equal (retried PARKs)
+        held = self.store.enter(
+            connection_id, entry.to_json(), owner=owner, now_ms=int(self.clock() * 1000),
+            lease_ms=self.settings.lease_ms, limit_bytes=self.settings.mailbox_bytes,
+            full_entry=Entry.of_full(entry).to_json(),
+        )
+        if held is None:
+            logger.warning("input for an unknown connection ignored", extra={"connection_id": connection_id})
+            return RouteResult(OK)
+        if not isinstance(held, Held):
+            if held != PARKED:
+                logger.warning("mailbox full: input dropped", extra={"connection_id": connection_id})
+                self.metric(M.INPUTS_DROPPED)
+            return RouteResult(OK, parked=True)
+        return self._hold(event, held, entry)
+
+    def _hold(self, event: APIGatewayWebSocketEvent, held: Held, mine: Entry) -> RouteResult:
+        """Apply the mailbox, post, record, release; again while inputs were parked meanwhile."""
+        result = RouteResult(OK, held.session)
+        started = self.clock()
+        budget_s = DRAIN_BUDGET_S  # then stop applying: what waits stays for the next holder
+        log = self._log(held)
+        self._bind(held)
+        pending = [Entry.from_json(raw) for raw in held.mailbox]
+        seen = len(held.mailbox)
+        kept: list[str] = []
         while True:
-            stored = self.store.load(connection_id)
-            if stored is None:
-                logger.warning("message for an unknown connection ignored", extra={"connection_id": connection_id})
-                return RouteResult(OK)
-            action = sequencing.decide(
-                seq=seq, text_digest=text_digest, clientseq=stored.session.clientseq,
-                seq_sent=stored.session.seq, delivered=stored.delivered, recent=stored.recent,
-                budget_left=self.clock() < deadline,
-                numbering_over=stored.session.state in (State.ERROR, State.UNAUTHORIZED),
-            )
-            if action is sequencing.Action.DUPLICATE:
-                logger.info("duplicate message ignored", extra=self._log(stored) | {"seq": seq})
-                self.metrics.add_metric("DuplicateMessages", "Count", 1)
-                return RouteResult(OK, stored.session, duplicate=True)
-            if action is sequencing.Action.WAIT:
-                self.sleep(delay)
-                delay = min(delay * 2, 0.2)
+            drained = sequencing.drain(held.session, held.recent, pending, self.policy, self.clock(),
+                                       gap_wait_ms=self.settings.predecessor_wait_ms,
+                                       limit_bytes=self.settings.mailbox_bytes)
+            held.recent = drained.recent
+            kept = [entry.to_json() for entry in drained.remaining]
+            self._effects(event, held, drained, mine, result, log)
+            answer = self.store.release(held, mailbox=kept, seen=seen)
+            if answer is True:
+                if any(step.entry.kind == "end" and step.outcome.lifecycle for step in drained.steps):
+                    self._finished(held.connection_id, held.session)
+                return result
+            if answer is False:
+                logger.error("lease lost before release: the session was taken over", extra=log)
+                self.metric(M.LEASES_LOST)
+                return result
+            arrived = [Entry.from_json(raw) for raw in answer.mailbox[seen:]]
+            seen = len(answer.mailbox)
+            if self.clock() - started > budget_s:
+                # Out of time for this invocation: keep everything for the next holder.
+                kept += [entry.to_json() for entry in arrived]
+                while (answer := self.store.release(held, mailbox=kept, seen=seen)) not in (True, False):
+                    assert isinstance(answer, Held)
+                    kept += answer.mailbox[seen:]
+                    seen = len(answer.mailbox)
+                logger.warning("mailbox left for the next holder", extra=log | {"waiting": len(kept)})
+                return result
+            pending = list(drained.remaining) + arrived
+
+    def _effects(self, event: APIGatewayWebSocketEvent, held: Held, drained: sequencing.Drained, mine: Entry,
+                 result: RouteResult, log: dict[str, Any]) -> None:
+        """Post the replies in seq order, then write the records in the order they happened."""
+        session = held.session
+        replies: list[str] = []
+        records: list[bytes] = []
+        encoder: AudioRecordEncoder | None = None
+        for step in drained.steps:
+            if step.entry == mine:
+                result.duplicate = step.duplicate
+            if step.duplicate:
+                logger.info("duplicate message ignored", extra=log | {"seq": step.entry.seq})
+                self.metric(M.DUPLICATE_MESSAGES)
                 continue
-            outcome = receive(stored.session, message, self.policy, self.clock())
-            if seq is not None and stored.session.clientseq == seq:
-                stored.recent = sequencing.remember(stored.recent, seq, text_digest)
-            if self.store.save(stored):
-                return self.deliver(event, stored, outcome)
+            if step.after_end:
+                logger.info("input after the end of the connection ignored", extra=log | {"kind": step.entry.kind})
+                continue
+            outcome = step.outcome
+            self._account(held.connection_id, session, outcome, log)
+            result.outcome.replies += outcome.replies
+            result.outcome.lifecycle += outcome.lifecycle
+            result.outcome.violation = outcome.violation or result.outcome.violation
+            replies += [reply.to_json() for reply in outcome.replies]
+            if step.audio_position is not None and step.entry.audio is not None:
+                media = session.media
+                assert media is not None and session.session_id is not None
+                encoder = encoder or AudioRecordEncoder(session.session_id, media["format"], media["rate"],
+                                                        media["channels"])
+                records.append(encoder.encode(step.audio_position, step.entry.audio))
+                self.metric(M.AUDIO_FRAMES)
+                self.metric(M.AUDIO_BYTES, len(step.entry.audio))
+                self.metric(M.AUDIO_ACK_DELAY, max(0.0, self.clock() * 1000 - step.entry.at_ms))
+            records += [self._lifecycle(session, item.event, item.data) for item in outcome.lifecycle]
+        if replies and not drained.ended:
+            result.gone = not self._post(event, held.connection_id, replies, log)
+        elif replies:
+            logger.info("connection gone; replies dropped", extra=log | {"count": len(replies)})
+        if records:
+            self._write(session, records)
 
-    def _on_audio(self, event: APIGatewayWebSocketEvent, connection_id: str, audio: bytes) -> RouteResult:
-        while True:
-            stored = self.store.load(connection_id)
-            if stored is None:
-                logger.warning("audio for an unknown connection ignored", extra={"connection_id": connection_id})
-                return RouteResult(OK)
-            position = stored.session.position
-            problem = receive_audio(stored.session, len(audio))
-            if self.store.save(stored):
-                break
+    def _post(self, event: APIGatewayWebSocketEvent, connection_id: str, texts: list[str],
+              log: dict[str, Any]) -> bool:
+        """Post in order. False: the connection is gone. A failure is logged, never raised."""
+        try:
+            delivered = self.poster_for(event).post_all(connection_id, texts)
+        except Exception:
+            logger.exception("posting to the connection failed", extra=log)
+            self.metric(M.POST_FAILURES)
+            return True
+        if not delivered:
+            logger.info("connection gone; replies dropped", extra=log)
+            self.metric(M.GONE_CONNECTIONS)
+        return delivered
+
+    def _account(self, connection_id: str, session: Session, outcome: Outcome, log: dict[str, Any]) -> None:
+        if outcome.violation:
+            # With a reply it is the session's one protocol error; without, input after the end.
+            report = logger.warning if outcome.replies else logger.info
+            report("protocol error" if outcome.replies else "input ignored", extra=log | {"info": outcome.violation})
+        self.count_outcome(session, outcome)
+
+    def count_outcome(self, session: Session, outcome: Outcome) -> None:
+        """The metrics of one applied input, the same on every front."""
+        if outcome.violation:
+            # With a reply it is the session's one protocol error; without, input after the end.
+            if outcome.replies:
+                self.metric(M.PROTOCOL_ERRORS, by=M.protocol_error_kind(outcome.violation))
+            else:
+                self.metric(M.INPUT_IGNORED)
+        else:
+            for reply in outcome.replies:  # server-initiated (a protocol error's disconnect is counted above)
+                if reply.type in M.CONTROL_ACTION_VALUES:
+                    self.metric(M.CONTROL_ACTIONS, by=reply.type)
+        for item in outcome.lifecycle:
+            if item.event == "opened":
+                self.metric(M.PROBE_SESSIONS if session.probe else M.CALL_SESSIONS)
+                if item.data.get("continuedSessions"):
+                    self.metric(M.RECONNECTS)
+
+    # In-order fronts (the relay) ---------------------------------------------------------
+
+    def _text_in_order(self, event: APIGatewayWebSocketEvent, connection_id: str, text: str) -> RouteResult:
+        stored = self.store.load(connection_id)
+        if stored is None:
+            logger.warning("message for an unknown connection ignored", extra={"connection_id": connection_id})
+            return RouteResult(OK)
+        outcome = receive(stored.session, parse_client_message(text), self.policy, self.clock())
+        if not self.store.save(stored):
+            logger.error("session item changed by another writer; saved state may be stale",
+                         extra=self._log(stored))
+        return self.deliver(event, stored, outcome)
+
+    def _audio_in_order(self, event: APIGatewayWebSocketEvent, connection_id: str, audio: bytes) -> RouteResult:
+        stored = self.store.load(connection_id)
+        if stored is None:
+            logger.warning("audio for an unknown connection ignored", extra={"connection_id": connection_id})
+            return RouteResult(OK)
+        position = stored.session.position
+        problem = receive_audio(stored.session, len(audio))
+        self.store.save(stored)
         if problem is not None:
             return self.deliver(event, stored, problem)
         media = stored.session.media
         assert media is not None and stored.session.session_id is not None
         encoder = AudioRecordEncoder(stored.session.session_id, media["format"], media["rate"], media["channels"])
         self._write(stored.session, [encoder.encode(position, audio)])
-        self.metric(M.AUDIO_FRAMES)
-        self.metric(M.AUDIO_BYTES, len(audio))
-        self.metric(M.AUDIO_ACK_DELAY, max(0.0, self.clock() - _request_epoch_s(event, self.clock)) * 1000)
         return RouteResult(OK, stored.session)
 
     def deliver(self, event: APIGatewayWebSocketEvent, stored: StoredSession, outcome: Outcome) -> RouteResult:
-        """Post the replies (in seq order), mark them delivered, emit the lifecycle records."""
+        """In-order fronts: post the replies (in seq order), mark them delivered, emit the records."""
         self._bind(stored)
         result = RouteResult(OK, stored.session, outcome)
-        if outcome.violation:
-            # With a reply it is the session's one protocol error; without, input after the end.
-            log = logger.warning if outcome.replies else logger.info
-            log("protocol error" if outcome.replies else "input ignored",
-                extra=self._log(stored) | {"info": outcome.violation})
-        self.count_outcome(stored.session, outcome)
+        log = self._log(stored)
+        self._account(stored.connection_id, stored.session, outcome, log)
         if outcome.replies:
-            try:
-                delivered = self.poster_for(event).post_all(
-                    stored.connection_id, [reply.to_json() for reply in outcome.replies]
-                )
-            except Exception:
-                logger.exception("posting to the connection failed", extra=self._log(stored))
-                delivered = True  # do not stall later messages behind a post that will never succeed
-            result.gone = not delivered
-            if result.gone:
-                logger.info("connection gone; replies dropped", extra=self._log(stored))
-                self.metric(M.GONE_CONNECTIONS)
+            result.gone = not self._post(event, stored.connection_id, [reply.to_json() for reply in outcome.replies],
+                                         log)
             self.store.mark_delivered(stored.connection_id, stored.session.seq)
         self._emit(stored.session, outcome)
         return result
@@ -266,37 +431,19 @@ class AudioHookService:
             self.metric(M.AUDIO_GAPS, len(gaps))
             self.records.put([(session.session_id, gap) for gap in gaps])
 
-    def count_outcome(self, session: Session, outcome: Outcome) -> None:
-        """The metrics of one applied input, the same on every front."""
-        if outcome.violation:
-            # With a reply it is the session's one protocol error; without, input after the end.
-            if outcome.replies:
-                self.metric(M.PROTOCOL_ERRORS, by=M.protocol_error_kind(outcome.violation))
-            else:
-                self.metric(M.INPUT_IGNORED)
-        else:
-            for reply in outcome.replies:  # server-initiated (a protocol error's disconnect is counted above)
-                if reply.type in M.CONTROL_ACTION_VALUES:
-                    self.metric(M.CONTROL_ACTIONS, by=reply.type)
-        for item in outcome.lifecycle:
-            if item.event == "opened":
-                self.metric(M.PROBE_SESSIONS if session.probe else M.CALL_SESSIONS)
-                if item.data.get("continuedSessions"):
-                    self.metric(M.RECONNECTS)
-
     def metric(self, metric: M.Metric, value: float = 1, by: str | None = None) -> None:
         """Count ``value`` of one of :mod:`audiohook.metrics`' metrics; ``by``: its breakdown value."""
         breakdown = (metric.breakdown, by) if by is not None and metric.breakdown else None
         self.metrics.add_metric(metric.name, metric.unit, value, breakdown)
 
     @classmethod
-    def _bind(cls, stored: StoredSession) -> None:
+    def _bind(cls, stored: StoredSession | Held) -> None:
         """Every later log line of this invocation (thread) names the session (the fronts clear
         these keys before each route call)."""
         logger.thread_safe_append_keys(**{key: value for key, value in cls._log(stored).items() if value is not None})
 
     @staticmethod
-    def _log(stored: StoredSession) -> dict[str, Any]:
+    def _log(stored: StoredSession | Held) -> dict[str, Any]:
         return {
             "connection_id": stored.connection_id, "session_id": stored.session.session_id,
             "conversation_id": stored.session.conversation_id,
@@ -308,16 +455,26 @@ class AudioHookService:
         event = APIGatewayWebSocketEvent(raw_event)
         connection_id = _connection_id(event)
         context = event.request_context
-        while True:
-            stored = self.store.load(connection_id)
-            if stored is None:
-                return RouteResult(OK)
-            self._bind(stored)
-            outcome = finish(stored.session, self.clock(), context.disconnect_status_code, context.disconnect_reason)
-            if not outcome.lifecycle:
-                return RouteResult(OK, stored.session)
-            if self.store.save(stored):
-                break
-        logger.info("session finished", extra=self._log(stored) | {"state": stored.session.state.value})
+        if not self.in_order:
+            # Through the mailbox like any input: applied after everything parked before it.
+            end = Entry.of_end(int(self.clock() * 1000), context.disconnect_status_code,
+                               context.disconnect_reason)
+            return self._through_mailbox(event, connection_id, end)
+        stored = self.store.load(connection_id)
+        if stored is None:
+            return RouteResult(OK)
+        self._bind(stored)
+        outcome = finish(stored.session, self.clock(), context.disconnect_status_code, context.disconnect_reason)
+        if not outcome.lifecycle:
+            return RouteResult(OK, stored.session)
+        self.store.save(stored)
         self._emit(stored.session, outcome)
+        self._finished(connection_id, stored.session)
         return RouteResult(OK, stored.session, outcome)
+
+    def _finished(self, connection_id: str, session: Session) -> None:
+        """The final record is written: the session id may be used by a new connection."""
+        logger.info("session finished", extra={"connection_id": connection_id, "session_id": session.session_id,
+                                               "state": session.state.value})
+        if session.session_id:
+            self.store.release_session_id(session.session_id, connection_id)

@@ -1,11 +1,16 @@
-"""DynamoDB adapter: one table for session items and nonce items (key ``pk``).
+"""DynamoDB adapter: one table for session items, session-id markers and nonce items (key ``pk``).
 
 Session item ``conn#<connectionId>``: the :class:`~audiohook.session.Session` as one JSON
 attribute ``session`` (one attribute keeps every write a single short update expression),
 copies of ``state``/``seq``/``clientseq``/``sessionId`` for people reading the table,
-``version`` (optimistic lock, +1 on every write), ``delivered`` (the highest server seq
-already posted to the client), ``recent`` (JSON digests of the last applied client
-messages) and ``expiresAt`` (TTL). Nonce item ``nonce#<nonce>``: only ``expiresAt``.
+``version`` (+1 on every write), ``delivered`` (the highest server seq posted), ``recent``
+(JSON digests of the last applied client messages), the mailbox of the Lambda path
+(``mailbox``: a list of :class:`~audiohook.sequencing.Entry` JSON strings, ``mailboxBytes``
+their total size, ``leaseUntil`` epoch ms and ``leaseOwner``; see docs/sequencing.md) and
+``expiresAt`` (TTL).
+
+Session-id marker ``session#<sessionId>``: ``connectionId`` of the connection that holds the
+id while it is live, ``expiresAt`` (TTL). Nonce item ``nonce#<nonce>``: only ``expiresAt``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from audiohook.session import Session
+
+PARKED = "parked"  # SessionStore.enter: the input waits in the mailbox of a busy session
+DROPPED = "dropped"  # SessionStore.enter: the mailbox is full (the holder reports the flood)
+MAX_MARKERS = 64  # "mailbox full" markers a mailbox takes beyond its byte limit
 
 
 def _visible(session: Session) -> dict[str, Any]:
@@ -41,6 +50,33 @@ class StoredSession:
     api_key: str | None = None
 
 
+@dataclass
+class Held:
+    """A session whose lease this invocation holds, with its mailbox as it was last read."""
+
+    connection_id: str
+    owner: str
+    session: Session
+    recent: dict[str, str]
+    mailbox: list[str]  # Entry JSON strings, in the order they reached the mailbox
+    api_key: str | None = None
+
+
+def _held(connection_id: str, owner: str, item: dict[str, Any]) -> Held:
+    return Held(
+        connection_id=connection_id, owner=owner,
+        session=Session.from_dict(json.loads(item["session"]["S"])),
+        recent=json.loads(item["recent"]["S"]),
+        mailbox=[entry["S"] for entry in item.get("mailbox", {}).get("L", [])],
+        api_key=item.get("apiKey", {}).get("S"),
+    )
+
+
+def _failed_item(error: Exception) -> dict[str, Any] | None:
+    """The item a failed conditional write returned (ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
+    return getattr(error, "response", {}).get("Item")
+
+
 class SessionStore:
     def __init__(self, client: Any, table: str, session_ttl_s: int, clock: Callable[[], float] = time.time):
         self._client = client
@@ -52,17 +88,21 @@ class SessionStore:
     def _key(self, connection_id: str) -> dict[str, Any]:
         return {"pk": {"S": f"conn#{connection_id}"}}
 
-    def remember_nonce(self, nonce: str, expires_at: int) -> bool:
-        """True the first time a nonce is seen; False for a replay."""
+    def remember_nonce(self, nonce: str, expires_at: int, connection_id: str = "") -> bool:
+        """True the first time a nonce is seen (or seen by this very connection: a retried
+        attempt whose first one succeeded); False for a replay."""
         self.calls += 1
         try:
             self._client.put_item(
                 TableName=self._table,
-                Item={"pk": {"S": f"nonce#{nonce}"}, "expiresAt": {"N": str(int(expires_at))}},
+                Item={"pk": {"S": f"nonce#{nonce}"}, "expiresAt": {"N": str(int(expires_at))},
+                      "connectionId": {"S": connection_id}},
                 ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
+        except self._client.exceptions.ConditionalCheckFailedException as error:
+            seen_by = (_failed_item(error) or {}).get("connectionId", {}).get("S")
+            return bool(connection_id) and seen_by == connection_id
         return True
 
     def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
@@ -71,11 +111,16 @@ class SessionStore:
             "pk": {"S": f"conn#{connection_id}"}, "connectionId": {"S": connection_id},
             "connectedAt": {"N": str(int(now * 1000))}, "version": {"N": "1"}, "delivered": {"N": "0"},
             "recent": {"S": "{}"}, "expiresAt": {"N": str(int(now) + self._ttl)},
+            "mailbox": {"L": []}, "mailboxBytes": {"N": "0"}, "leaseUntil": {"N": "0"},
         }
         if api_key:
             item["apiKey"] = {"S": api_key}
         self.calls += 1
-        self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        try:
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except self._client.exceptions.ConditionalCheckFailedException:
+            pass  # connection ids are unique: only a retried attempt of ours can have written it
+
 
     def load(self, connection_id: str) -> StoredSession | None:
         self.calls += 1
@@ -130,3 +175,144 @@ class SessionStore:
             )
         except self._client.exceptions.ConditionalCheckFailedException:
             pass
+
+    # --- session-id markers ------------------------------------------------------------
+
+    def claim_session_id(self, session_id: str, connection_id: str) -> str | None:
+        """Mark ``session_id`` live on this connection. None: claimed; else the holder's connection id."""
+        now = self._clock()
+        self.calls += 1
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={"pk": {"S": f"session#{session_id.lower()}"}, "connectionId": {"S": connection_id},
+                      "expiresAt": {"N": str(int(now) + self._ttl)}},
+                # A marker past its TTL that DynamoDB has not deleted yet does not count.
+                ConditionExpression="attribute_not_exists(pk) OR expiresAt < :now",
+                ExpressionAttributeValues={":now": {"N": str(int(now))}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException as error:
+            holder = (_failed_item(error) or {}).get("connectionId", {}).get("S", "?")
+            return None if holder == connection_id else holder  # None: a retried attempt of ours
+        return None
+
+    def release_session_id(self, session_id: str, connection_id: str) -> bool:
+        """Delete the marker if this connection holds it; False: it does not (nothing changed)."""
+        self.calls += 1
+        try:
+            self._client.delete_item(
+                TableName=self._table, Key={"pk": {"S": f"session#{session_id.lower()}"}},
+                ConditionExpression="connectionId = :me", ExpressionAttributeValues={":me": {"S": connection_id}},
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # --- the mailbox of the Lambda path (docs/sequencing.md) -----------------------------
+
+    def enter(self, connection_id: str, entry: str, *, owner: str, now_ms: int, lease_ms: int,
+              limit_bytes: int, full_entry: str) -> Held | str | None:
+        """Put one input in the connection's mailbox and take the lease if the session is free.
+
+        Held: this invocation holds the lease (the item as it is now, ``entry`` last in the
+        mailbox); PARKED: another invocation holds it and will apply ``entry``; None: no such
+        connection. When the mailbox already holds ``limit_bytes``, the small marker
+        ``full_entry`` is parked instead of ``entry`` (at most
+        ``MAX_MARKERS`` of them). Never waits: each failed condition means the lease changed
+        hands in between, so the other branch succeeds next.
+        """
+        key = self._key(connection_id)
+        marker = False
+        for _ in range(8):
+            size = len(entry)
+            self.calls += 1
+            try:
+                item = self._client.update_item(
+                    TableName=self._table, Key=key,
+                    UpdateExpression="SET leaseUntil = :until, leaseOwner = :me, "
+                                     "mailbox = list_append(if_not_exists(mailbox, :empty), :entry), "
+                                     "mailboxBytes = if_not_exists(mailboxBytes, :zero) + :size",
+                    ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(leaseUntil) OR leaseUntil < :now)",
+                    ExpressionAttributeValues={
+                        ":until": {"N": str(now_ms + lease_ms)}, ":me": {"S": owner}, ":now": {"N": str(now_ms)},
+                        ":entry": {"L": [{"S": entry}]}, ":size": {"N": str(size)}, ":empty": {"L": []},
+                        ":zero": {"N": "0"},
+                    },
+                    ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )["Attributes"]
+                return _held(connection_id, owner, item)
+            except self._client.exceptions.ConditionalCheckFailedException as error:
+                old = _failed_item(error)
+                if old is None:
+                    return None
+                if old.get("leaseOwner", {}).get("S") == owner:
+                    # botocore retried a TAKE whose first attempt did succeed (read timeout).
+                    return _held(connection_id, owner, old)
+            room = ("size(mailbox) < :room", str(MAX_MARKERS)) if marker else (
+                "mailboxBytes <= :room", str(limit_bytes - size))
+            self.calls += 1
+            try:
+                self._client.update_item(
+                    TableName=self._table, Key=key,
+                    UpdateExpression="SET mailbox = list_append(mailbox, :entry), mailboxBytes = mailboxBytes + :size",
+                    # NOT contains: a retried PARK whose first attempt succeeded parks nothing twice
+                    # (every entry carries its invocation's token, so no two are equal).
+                    ConditionExpression=f"leaseUntil >= :now AND {room[0]} AND NOT contains(mailbox, :one)",
+                    ExpressionAttributeValues={
+                        ":entry": {"L": [{"S": entry}]}, ":size": {"N": str(size)}, ":now": {"N": str(now_ms)},
+                        ":room": {"N": room[1]}, ":one": {"S": entry},
+                    },
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                return PARKED
+            except self._client.exceptions.ConditionalCheckFailedException as error:
+                old = _failed_item(error)
+            if old is None:
+                return None
+            if {"S": entry} in old.get("mailbox", {}).get("L", []):
+                return PARKED
+            if int(old["leaseUntil"]["N"]) < now_ms:
+                continue  # released in between: take it
+            if marker:
+                return DROPPED  # the mailbox is full of markers: the holder reports the flood already
+            marker = True
+            entry = full_entry
+        return DROPPED  # pragma: no cover - the lease cannot change hands eight times in a row
+
+    def release(self, held: Held, *, mailbox: list[str], seen: int) -> Held | bool:
+        """Save the session, keep ``mailbox`` (what still waits) and release the lease.
+
+        Only if the mailbox still holds the ``seen`` entries read last: True. If inputs were
+        parked since, nothing is written and the item as it is now comes back (a Held) so the
+        holder applies them too. False: the lease was lost (it expired and was taken over).
+        """
+        session = held.session
+        values = _visible(session) | {
+            "recent": {"S": json.dumps(held.recent, separators=(",", ":"))},
+            "delivered": {"N": str(session.seq)},
+            "mailbox": {"L": [{"S": entry} for entry in mailbox]},
+            "mailboxBytes": {"N": str(sum(map(len, mailbox)))},
+            "leaseUntil": {"N": "0"},
+        }
+        names = {f"#a{i}": name for i, name in enumerate(values)}
+        attribute_values = {f":a{i}": value for i, value in enumerate(values.values())}
+        self.calls += 1
+        try:
+            self._client.update_item(
+                TableName=self._table, Key=self._key(held.connection_id),
+                UpdateExpression="SET " + ", ".join(f"#a{i} = :a{i}" for i in range(len(values)))
+                + ", version = version + :one REMOVE leaseOwner",
+                ConditionExpression="leaseOwner = :me AND size(mailbox) = :seen",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=attribute_values | {
+                    ":me": {"S": held.owner}, ":seen": {"N": str(seen)}, ":one": {"N": "1"}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException as error:
+            item = _failed_item(error)
+            if item is None or item.get("leaseOwner", {}).get("S") != held.owner:
+                return False
+            now = _held(held.connection_id, held.owner, item)
+            return Held(held.connection_id, held.owner, held.session, held.recent, now.mailbox, held.api_key)
+        return True

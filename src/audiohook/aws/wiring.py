@@ -23,11 +23,21 @@ from audiohook.aws.store import SessionStore
 from audiohook.aws.stream import KinesisWriter
 from audiohook.config import Settings
 
-_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5,
+# Every AWS call of an invocation is bounded, so that the worst path ends well inside the
+# functions' Timeout (docs/architecture.md, "Time budget"): API Gateway answers a function
+# that raises or times out with its own error frame, which Genesys reads as a malformed
+# message. DynamoDB and Secrets Manager: one retry after 50 ms (botocore's legacy mode
+# backoff for DynamoDB; standard mode waits up to 1 s); each attempt at most 0.5 s to connect
+# and 1 s to answer (in-region, single-item requests answer in milliseconds; the local stack's
+# moto server, one request at a time, needs the margin). Every conditional write is safe to
+# retry after a timeout whose first attempt did succeed (store.py).
+_CLIENT_CONFIG = Config(retries={"mode": "legacy", "total_max_attempts": 2}, connect_timeout=0.5, read_timeout=1.0,
                         max_pool_connections=64)
 # KinesisWriter and ConnectionPoster retry with their own backoff; botocore must not multiply it.
-_SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5,
+_SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=0.5, read_timeout=1.0,
                          max_pool_connections=64)
+POST_ATTEMPTS = 2  # per reply: one retry of a throttled post, after at most 0.1 s
+KINESIS_ATTEMPTS = 2  # per PutRecords batch: one retry, after at most 0.1 s
 
 
 def connections_endpoint(settings: Settings, event: APIGatewayWebSocketEvent) -> str:
@@ -48,17 +58,24 @@ def client(service: str, config: Config = _CLIENT_CONFIG, **kwargs: Any) -> Any:
 
 @lru_cache(maxsize=16)
 def poster_for_endpoint(endpoint: str) -> ConnectionPoster:
-    return ConnectionPoster(client("apigatewaymanagementapi", _SINGLE_ATTEMPT, endpoint_url=endpoint))
+    return ConnectionPoster(client("apigatewaymanagementapi", _SINGLE_ATTEMPT, endpoint_url=endpoint),
+                            max_attempts=POST_ATTEMPTS)
 
 
 def build_service(settings: Settings | None = None, *, metrics: Any = None, **clients: Any) -> AudioHookService:
     settings = settings or Settings.from_env()
     dynamodb = clients.get("dynamodb") or client("dynamodb")
-    kinesis = clients.get("kinesis") or client("kinesis", _SINGLE_ATTEMPT)
+    kinesis = clients.get("kinesis")
+    # The Lambda's own clients get the time budget; a front that brings its own Kinesis client
+    # (the relay, with no function Timeout) keeps the writer's default retries.
+    writer_options: dict[str, Any] = {}
+    if kinesis is None:
+        kinesis = client("kinesis", _SINGLE_ATTEMPT)
+        writer_options = {"max_attempts": KINESIS_ATTEMPTS, "max_delay_s": 0.1}
     return AudioHookService(
         settings,
         SessionStore(dynamodb, settings.sessions_table, settings.session_ttl_s),
-        KinesisWriter(kinesis, settings.audio_stream),
+        KinesisWriter(kinesis, settings.audio_stream, **writer_options),
         poster_for=lambda event: poster_for_endpoint(connections_endpoint(settings, event)),
         client_secrets=ClientSecrets(lambda: client("secretsmanager"), settings.api_keys_secret,
                                      settings.secrets_cache_s),
@@ -97,7 +114,9 @@ def lambda_handler(route: str) -> Callable[[dict[str, Any], Any], dict[str, Any]
                 return getattr(service, f"on_{route}")(event).response
             finally:
                 metrics.flush()
-        except Exception:
+        except BaseException as error:
+            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+                raise
             # A route must answer: $connect refuses the upgrade, the others acknowledge.
             logger.exception("route failed", extra={"route": route})
             return {"statusCode": 500 if route == "connect" else 200}

@@ -121,8 +121,8 @@ class CachedSessionStore(SessionStore):
     def calls(self, value: int) -> None:
         self._inner.calls = value
 
-    def remember_nonce(self, nonce: str, expires_at: int) -> bool:
-        return self._inner.remember_nonce(nonce, expires_at)
+    def remember_nonce(self, nonce: str, expires_at: int, connection_id: str = "") -> bool:
+        return self._inner.remember_nonce(nonce, expires_at, connection_id)
 
     def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
         self._inner.create(connection_id, session, api_key)
@@ -591,7 +591,7 @@ class Relay:
         forwarded = request.header("X-Forwarded-For")  # behind the load balancer
         peer = gate.transport.get_extra_info("peername") if gate.transport is not None else None
         connection = Connection(
-            domain_name=request.header("Host"), stage=request.target[1:], api_id=RELAY_API_ID,
+            domain_name=request.header("Host"), stage=request.target.partition("?")[0][1:], api_id=RELAY_API_ID,
             source_ip=forwarded.split(",")[0].strip() if forwarded else (str(peer[0]) if peer else ""),
             user_agent=request.header("User-Agent"),
         )
@@ -765,6 +765,11 @@ class Relay:
             except Exception:  # pragma: no cover - _save_loop logs its own failures
                 pass
             self._queue_records(link, outcome)
+            if link.session.session_id:  # the session id may be used by a new connection
+                try:
+                    await self._call(self.store.release_session_id, link.session.session_id, link.id)
+                except Exception:  # the marker's TTL ends it anyway
+                    logger.exception("session id marker not released", extra=link.log())
         self.buffer.finish(link.audio)
         logger.info("session disconnected", extra=link.log() | {"status_code": code, "reason": reason})
         if not self._links:
