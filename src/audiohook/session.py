@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 from audiohook.media import BYTES_PER_SAMPLE, FrameGeometry, Preference, select_media
 from audiohook.protocol import (
+    MAX_TEXT_BYTES,
     NULL_UUID,
     ClientError,
     ClientMessage,
@@ -26,6 +27,7 @@ from audiohook.protocol import (
     Discarded,
     DisconnectParameters,
     Dtmf,
+    EmptyParameters,
     EventParameters,
     Open,
     OpenedParameters,
@@ -33,13 +35,12 @@ from audiohook.protocol import (
     Ping,
     PlaybackCompleted,
     PlaybackStarted,
+    ReconnectParameters,
     Resumed,
     ServerMessage,
     ServerParameters,
     ServerType,
     Update,
-    MAX_TEXT_BYTES,
-    ReconnectParameters,
     Violation,
     duration_seconds,
     parse_client_message,
