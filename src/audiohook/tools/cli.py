@@ -4,7 +4,8 @@
     audiohook probe   URL --api-key K --client-secret S [--json]
     audiohook call    URL --api-key K --client-secret S [--wav F | --tone HZ] [--sessions N] ...
     audiohook replay  events/*.json [--env events/env.json] [--api-keys events/api-keys.json]
-    audiohook export  --session ID --out call.wav [--summary call.json] [--endpoint-url URL]
+    audiohook export  --session ID | --conversation ID --out call.wav [--summary call.json]
+    audiohook control pause|resume|event|disconnect|reconnect|lookup --session-id ID [--entities JSON] ...
 """
 
 from __future__ import annotations
@@ -219,6 +220,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from audiohook.aws.wiring import client
     from audiohook.tools.wav import write_wav
 
+    if args.conversation:
+        return _export_conversation(client("kinesis"), args)
     export = _export(client("kinesis"), args.stream, args.session)
     summary = json.dumps(export.summary(), indent=2)
     if args.summary:
@@ -231,6 +234,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"{args.out}: {export.summary()['seconds']} s, {len(export.channel_names)} channel(s) "
           f"({', '.join(export.channel_names)}) from {export.audio_records} records; "
           f"{len(export.lifecycle)} lifecycle records")
+    return 0
+
+
+def _export_conversation(kinesis: Any, args: argparse.Namespace) -> int:
+    from audiohook.aws.stream import read_stream
+    from audiohook.tools.export import rebuild_conversation
+    from audiohook.tools.wav import write_wav
+
+    export = rebuild_conversation((data for _, data in read_stream(kinesis, args.stream)), args.conversation)
+    summary = json.dumps(export.summary(), indent=2)
+    if args.summary:
+        Path(args.summary).write_text(summary)
+    if export.audio is None:
+        print(f"no audio for conversation {args.conversation} in stream {args.stream!r}", file=sys.stderr)
+        print(summary)
+        return 1
+    write_wav(args.out, export.audio)
+    print(f"{args.out}: {export.audio.seconds:.3f} s stitched from {len(export.sessions)} session(s) "
+          f"({', '.join(s.session_id for s in export.sessions)})")
     return 0
 
 
@@ -289,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=cmd_replay)
 
     export = commands.add_parser("export", help="rebuild a session's audio from the stream as a WAV")
-    export.add_argument("--session", required=True)
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", help="one session's audio")
+    which.add_argument("--conversation", help="a conversation's sessions, continued ones stitched (reconnect)")
     export.add_argument("--out", required=True)
     export.add_argument("--summary", default=None, help="write the lifecycle summary JSON here")
     export.add_argument("--stream", default=os.environ.get("AUDIO_STREAM", "audiohook-audio"))
