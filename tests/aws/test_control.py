@@ -119,3 +119,15 @@ def test_the_lambda_payload_runs_the_same_actions_and_finds_sessions_by_conversa
 def test_a_session_is_found_whatever_the_case_of_its_id(aws, controller, live):
     location = controller.directory.find(live.session_id.upper())
     assert location is not None and location.session_id == live.session_id
+
+
+def test_the_directory_says_what_a_continuing_open_needs_checked(aws, controller, live):
+    from audiohook.session import ContinuedSessionInfo
+    from conftest import ORG_ID
+
+    live.send(live.message("ping"))
+    assert controller.directory.continued([live.session_id, UNKNOWN]) == {
+        live.session_id: ContinuedSessionInfo(live.session_id, ORG_ID, CONVERSATION, seq=2, clientseq=2,
+                                              state="ACTIVE"),
+        UNKNOWN: None,
+    }

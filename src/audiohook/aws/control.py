@@ -34,6 +34,7 @@ from audiohook.aws.service import AudioHookService
 from audiohook.config import Settings
 from audiohook.protocol import Uuid
 from audiohook.session import (
+    ContinuedSessionInfo,
     Disconnect,
     Pause,
     Reconnect,
@@ -117,19 +118,37 @@ class SessionDirectory:
         return self._client.get_item(TableName=self._table, Key={"pk": {"S": f"conn#{connection_id}"}},
                                      ConsistentRead=True).get("Item")
 
-    def find(self, session_id: str) -> SessionLocation | None:
+    def _session_item(self, session_id: str) -> dict[str, Any] | None:
         for candidate in dict.fromkeys((session_id, session_id.lower())):
             self.calls += 1
             marker = self._client.get_item(TableName=self._table, Key={"pk": {"S": f"session#{candidate}"}},
                                            ConsistentRead=True).get("Item")
             if marker and "connectionId" in marker:
-                item = self._connection_item(marker["connectionId"]["S"])
-                return _location(item) if item else None
+                return self._connection_item(marker["connectionId"]["S"])
         for item in self._scan("sessionId IN (:a, :b)", {":a": {"S": session_id}, ":b": {"S": session_id.lower()}}):
-            location = _location(item)
-            if location is not None:
-                return location
+            if _location(item) is not None:
+                return item
         return None
+
+    def find(self, session_id: str) -> SessionLocation | None:
+        item = self._session_item(session_id)
+        return _location(item) if item else None
+
+    def continued(self, session_ids: Sequence[str]) -> dict[str, ContinuedSessionInfo | None]:
+        """What an ``open`` with ``continuedSessions`` needs checked (``receive(..., continued=)``):
+        each listed session's identity and numbering, or None when it is not in the table."""
+        found: dict[str, ContinuedSessionInfo | None] = {}
+        for session_id in session_ids:
+            item = self._session_item(session_id)
+            if item is None or _location(item) is None:
+                found[session_id] = None
+                continue
+            session = Session.from_dict(json.loads(item["session"]["S"]))
+            found[session_id] = ContinuedSessionInfo(
+                session_id=session.session_id or session_id, organization_id=session.organization_id,
+                conversation_id=session.conversation_id, seq=session.seq, clientseq=session.clientseq,
+                state=session.state.value)
+        return found
 
     def by_conversation(self, conversation_id: str) -> list[SessionLocation]:
         found = []
