@@ -26,8 +26,8 @@ TRUST = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Se
         '"Action":"sts:AssumeRole"}]}'
 
 
-@pytest.fixture(scope="module")
-def sts() -> Iterator[str]:
+@pytest.fixture(scope="module", name="sts")
+def sts_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -67,6 +67,11 @@ class ControlResult:
     def to_dict(self) -> dict[str, Any]:
         return {("sessionId" if k == "session_id" else k): v for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ControlResult:
+        return cls(action=data["action"], session_id=data.get("sessionId"), delivered=bool(data["delivered"]),
+                   code=data["code"], reason=data["reason"], state=data.get("state"), message=data.get("message"))
+
 
 @dataclass(frozen=True, slots=True)
 class SessionLocation:
@@ -294,15 +299,44 @@ class ControlRequest(BaseModel):
     info: str | None = None
 
 
-def handle(controller: Controller, payload: Any) -> dict[str, Any]:
-    """Run one Control request; the answer is JSON (what the Lambda returns)."""
+def parse_request(payload: Any) -> ControlRequest | ControlResult:
     try:
-        request = ControlRequest.model_validate(payload)
+        return ControlRequest.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "payload"
         action = payload.get("action") if isinstance(payload, dict) else None
-        return ControlResult(str(action), None, False, "bad_request", f"{where}: {first['msg']}").to_dict()
+        return ControlResult(str(action), None, False, "bad_request", f"{where}: {first['msg']}")
+
+
+def server_action(request: ControlRequest) -> ServerAction:
+    """The core's input for a request whose action is not ``lookup``."""
+    actions: dict[str, Callable[[], ServerAction]] = {
+        "pause": Pause, "resume": Resume,
+        "event": lambda: SendEvent(request.entities if request.entities is not None else []),
+        "disconnect": lambda: Disconnect(request.reason, request.info),
+        "reconnect": lambda: Reconnect(request.info),
+    }
+    return actions[request.action]()
+
+
+def request_payload(session_id: str, action: ServerAction) -> dict[str, Any]:
+    """The JSON request for one action (what the Control function and a relay task take)."""
+    payload: dict[str, Any] = {"action": action.name, "sessionId": session_id}
+    if isinstance(action, SendEvent):
+        payload["entities"] = list(action.entities) if isinstance(action.entities, (list, tuple)) else action.entities
+    elif isinstance(action, Disconnect):
+        payload |= {"reason": action.reason, "info": action.info}
+    elif isinstance(action, Reconnect):
+        payload["info"] = action.info
+    return payload
+
+
+def handle(controller: Controller, payload: Any) -> dict[str, Any]:
+    """Run one Control request; the answer is JSON (what the Lambda returns)."""
+    request = parse_request(payload)
+    if isinstance(request, ControlResult):
+        return request.to_dict()
     if request.action == "lookup":
         if request.conversationId:
             return {"action": "lookup", "sessions": [s.to_dict() for s in controller.sessions(request.conversationId)]}
@@ -314,13 +348,7 @@ def handle(controller: Controller, payload: Any) -> dict[str, Any]:
     if request.sessionId is None:
         return ControlResult(request.action, None, False, "bad_request", f"{request.action} needs a sessionId"
                              ).to_dict()
-    actions: dict[str, Callable[[], ServerAction]] = {
-        "pause": Pause, "resume": Resume,
-        "event": lambda: SendEvent(request.entities if request.entities is not None else []),
-        "disconnect": lambda: Disconnect(request.reason, request.info),
-        "reconnect": lambda: Reconnect(request.info),
-    }
-    return controller.act(request.sessionId, actions[request.action]()).to_dict()
+    return controller.act(request.sessionId, server_action(request)).to_dict()
 
 
 def control_handler() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
