@@ -342,7 +342,7 @@ def validate_entities(entities: Any) -> list[dict[str, Any]] | str:
             label = f" ({kind})" if isinstance(kind, str) and kind else ""
             return f"entities[{index}]{label}: {location}: {first['msg']}"
         if model is OpaqueEntity:
-            checked.append({"type": parsed.type, "data": entity["data"]})  # opaque: exactly as given
+            checked.append({"type": entity["type"], "data": entity["data"]})  # opaque: exactly as given
         else:
             checked.append(parsed.model_dump(mode="json", exclude_none=True))
     return checked

@@ -156,7 +156,7 @@ class CallReport:
     audio_frames_sent: int = 0
     audio_seconds_sent: float = 0.0
     events_received: int = 0
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)
     """``parameters.entities`` of every ``event`` the server sent, in order."""
     continued_sessions: list[str] = field(default_factory=list)
     """Sessions opened to follow the server's ``reconnect``, each continuing the one before."""
