@@ -32,6 +32,7 @@ bench: $(BIN)/audiohook
 	$(BIN)/python bench/lambda_bench.py
 	$(BIN)/python bench/local_bench.py
 	$(BIN)/python bench/relay_bench.py
+	$(BIN)/python bench/control_bench.py
 
 ## `sam build`: the three functions and the Lambda layer (layers/audiohook/Makefile). SAM's Python
 ## builder needs a python3.12 on PATH ("Binary validation failed for python" otherwise): this finds

@@ -225,6 +225,129 @@ class EventParameters(_Model):
     entities: list[dict[str, Any]]
 
 
+# --- event entities (PROTOCOL.md 3a) ------------------------------------------------------
+# The shapes of the entity types Genesys understands. They forbid unknown fields: an entity
+# is our output, and a misspelt field ("channel" for "channelId") must be refused here rather
+# than silently ignored by Genesys. Other entity types pass as opaque JSON objects.
+
+Confidence = Annotated[float, Field(ge=0, le=1)]
+
+
+class TranscriptToken(_Model):
+    type: Literal["word"]
+    value: str
+    confidence: Confidence
+    offset: Duration
+    duration: Duration
+    language: str | None = None
+
+
+class TranscriptInterpretation(_Model):
+    type: Literal["display"]
+    transcript: str
+    tokens: list[TranscriptToken] | None = None
+
+
+class TranscriptAlternative(_Model):
+    confidence: Confidence
+    languages: list[str] | None = None
+    interpretations: Annotated[list[TranscriptInterpretation], Field(min_length=1)]
+
+
+class TranscriptData(_Model):
+    id: Uuid
+    channelId: Literal[0, 1]
+    isFinal: StrictBool
+    offset: Duration
+    duration: Duration
+    alternatives: Annotated[list[TranscriptAlternative], Field(min_length=1)]
+
+
+class AgentAssistUtterance(_Model):
+    id: str
+    position: Duration
+    duration: Duration | None = None
+    text: str
+    language: str
+    confidence: Confidence
+    channel: Channel
+    isFinal: StrictBool
+
+
+class FaqSuggestion(_Model):
+    type: Literal["faq"]
+    id: str
+    confidence: Confidence
+    position: Duration | None = None
+    question: str
+    answer: str
+
+
+class ArticleSuggestion(_Model):
+    type: Literal["article"]
+    id: str
+    confidence: Confidence
+    position: Duration | None = None
+    title: str
+    excerpts: list[str]
+    documentUri: str
+    metadata: dict[str, Any] | None = None
+
+
+class AgentAssistData(_Model):
+    id: str
+    utterances: list[AgentAssistUtterance] | None = None
+    suggestions: list[Annotated[Union[FaqSuggestion, ArticleSuggestion], Field(discriminator="type")]] | None = None
+
+
+class TranscriptEntity(_Model):
+    type: Literal["transcript"]
+    data: TranscriptData
+
+
+class AgentAssistEntity(_Model):
+    type: Literal["agentassist"]
+    data: AgentAssistData
+
+
+class OpaqueEntity(_Model):
+    """Any other entity type: a name and a JSON object, passed through unchanged."""
+
+    type: Annotated[str, Field(min_length=1)]
+    data: dict[str, Any]
+
+
+_KNOWN_ENTITIES: dict[str, type[BaseModel]] = {"transcript": TranscriptEntity, "agentassist": AgentAssistEntity}
+
+
+def validate_entities(entities: Any) -> list[dict[str, Any]] | str:
+    """The entities of an ``event`` as they go on the wire, or why they cannot be sent.
+
+    Known types are checked against their model and re-serialised from it (absent optional
+    fields stay absent); other types must be ``{type, data}`` with ``data`` a JSON object.
+    """
+    if not isinstance(entities, list) or not entities:
+        return "entities must be a non-empty JSON array of {type, data} objects"
+    checked: list[dict[str, Any]] = []
+    for index, entity in enumerate(entities):
+        if not isinstance(entity, dict):
+            return f"entities[{index}] is not a JSON object but a JSON {_JSON_TYPE_NAMES.get(type(entity), 'value')}"
+        kind = entity.get("type")
+        model = _KNOWN_ENTITIES.get(kind, OpaqueEntity) if isinstance(kind, str) else OpaqueEntity
+        try:
+            parsed = model.model_validate(entity)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            location = ".".join(str(part) for part in first["loc"])
+            label = f" ({kind})" if isinstance(kind, str) and kind else ""
+            return f"entities[{index}]{label}: {location}: {first['msg']}"
+        if model is OpaqueEntity:
+            checked.append({"type": entity["type"], "data": entity["data"]})  # opaque: exactly as given
+        else:
+            checked.append(parsed.model_dump(mode="json", exclude_none=True))
+    return checked
+
+
 ServerType = Literal["opened", "closed", "pong", "updated", "pause", "resume", "event", "disconnect", "reconnect"]
 ServerParameters = Union[
     OpenedParameters, ClosedParameters, DisconnectParameters, ReconnectParameters, EventParameters, EmptyParameters,

@@ -291,6 +291,11 @@ ERROR: Final = "error"
 GAP: Final = "gap"
 IGNORED: Final = "ignored"
 DISCONNECTING: Final = "disconnecting"
+# What the server itself sent (server-initiated messages); ``data.seq`` is the message's seq.
+PAUSING: Final = "pausing"
+RESUMING: Final = "resuming"
+EVENT: Final = "event"
+RECONNECTING: Final = "reconnecting"
 CLOSED: Final = "closed"
 DISCONNECTED: Final = "disconnected"
 
@@ -308,6 +313,10 @@ LifecycleEvent: TypeAlias = Literal[
     "gap",
     "ignored",
     "disconnecting",
+    "pausing",
+    "resuming",
+    "event",
+    "reconnecting",
     "closed",
     "disconnected",
 ]

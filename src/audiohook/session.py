@@ -2,8 +2,11 @@
 
 ``receive_text`` and ``receive_audio`` take a :class:`Session` (mutated in place) and the
 inbound data and return an :class:`Outcome`: the server messages to send, in ``seq``
-order, and the lifecycle records to emit. Every server message is numbered here, so
-``seq`` counts every message we send and ``clientseq`` is always the last client seq we
+order, and the lifecycle records to emit. Server-originated messages are inputs too:
+:func:`act` takes a :data:`ServerAction` (``Pause``, ``Resume``, ``SendEvent``,
+``Disconnect``, ``Reconnect``) and returns the outbound message and its records, or a
+:class:`Refused` that changed nothing. Every server message is numbered here, so ``seq``
+counts every message we send and ``clientseq`` is always the last client seq we
 received. Time is passed in; nothing here reads a clock.
 """
 
@@ -11,10 +14,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Mapping, Sequence, Union
 
 from audiohook.media import BYTES_PER_SAMPLE, FrameGeometry, Preference, select_media
 from audiohook.protocol import (
+    MAX_TEXT_BYTES,
     NULL_UUID,
     ClientError,
     ClientMessage,
@@ -23,6 +27,7 @@ from audiohook.protocol import (
     Discarded,
     DisconnectParameters,
     Dtmf,
+    EmptyParameters,
     EventParameters,
     Open,
     OpenedParameters,
@@ -30,6 +35,7 @@ from audiohook.protocol import (
     Ping,
     PlaybackCompleted,
     PlaybackStarted,
+    ReconnectParameters,
     Resumed,
     ServerMessage,
     ServerParameters,
@@ -39,6 +45,7 @@ from audiohook.protocol import (
     duration_seconds,
     parse_client_message,
     server_message,
+    validate_entities,
 )
 
 
@@ -64,6 +71,26 @@ class Policy:
     start_paused: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ContinuedSessionInfo:
+    """What the front knows of a session an ``open`` says it continues (``continuedSessions``).
+
+    The front looks the previous session up (it may live on another connection, another
+    relay task) and passes this in; the core decides whether the continuation is acceptable.
+    """
+
+    session_id: str
+    organization_id: str | None
+    conversation_id: str | None
+    seq: int  # the last server seq that session sent
+    clientseq: int  # the last client seq it received
+    state: str
+
+
+# session id (any case) -> what the front found; None: the front found no such session.
+ContinuedLookup = Mapping[str, "ContinuedSessionInfo | None"]
+
+
 @dataclass(slots=True)
 class Session:
     session_id: str | None = None  # from the Audiohook-Session-Id header; open.id must match
@@ -82,6 +109,13 @@ class Session:
     audio_bytes: int = 0
     empty_frames: int = 0  # 0-byte binary frames: ignored, only counted
     error_info: str | None = None
+    # Pause/resume bookkeeping: ``server_paused`` from our ``pause`` until our ``resume`` (the
+    # client's ``paused`` may still be on its way); ``paused_by`` who started the pause now in
+    # effect ("server" or "client"); ``resume_sent`` from our ``resume`` until ``resumed``.
+    server_paused: bool = False
+    paused_by: str | None = None
+    resume_sent: bool = False
+    reconnect_seq: int | None = None  # the seq of the reconnect we sent, once sent
     opened_at: float | None = None
     closed_at: float | None = None
     disconnected_at: float | None = None  # the socket is gone; the final record was emitted
@@ -146,12 +180,29 @@ def _check_envelope(session: Session, message: Any) -> str | None:
     return None
 
 
-def receive_text(session: Session, text: str | bytes, policy: Policy, now: float) -> Outcome:
-    return receive(session, parse_client_message(text), policy, now)
+def receive_text(
+    session: Session, text: str | bytes, policy: Policy, now: float, continued: ContinuedLookup | None = None,
+) -> Outcome:
+    return receive(session, parse_client_message(text), policy, now, continued)
 
 
-def receive(session: Session, message: ClientMessage | Violation, policy: Policy, now: float) -> Outcome:
-    """Apply one parsed client message (see :func:`audiohook.protocol.parse_client_message`)."""
+def continued_session_ids(message: ClientMessage | Violation) -> list[str]:
+    """The session ids an ``open`` continues: what a front must look up before :func:`receive`."""
+    if isinstance(message, Open) and message.parameters.continuedSessions:
+        return [entry.id for entry in message.parameters.continuedSessions]
+    return []
+
+
+def receive(
+    session: Session, message: ClientMessage | Violation, policy: Policy, now: float,
+    continued: ContinuedLookup | None = None,
+) -> Outcome:
+    """Apply one parsed client message (see :func:`audiohook.protocol.parse_client_message`).
+
+    ``continued``: for an ``open`` with ``continuedSessions``, what the front found for each
+    listed id (see :func:`continued_session_ids`); None when the front did not look them up
+    (the ``opened`` record then marks the links as unverified).
+    """
     if isinstance(message, Violation):
         if message.seq == session.clientseq + 1:
             session.clientseq = message.seq
@@ -180,15 +231,15 @@ def receive(session: Session, message: ClientMessage | Violation, policy: Policy
     if session.media is not None:
         stated = round(message.position_seconds * session.media["rate"])
         session.client_position = max(session.client_position, stated)
-    return _dispatch(session, message, policy, now)
+    return _dispatch(session, message, policy, now, continued)
 
 
-def _dispatch(session: Session, message: Any, policy: Policy, now: float) -> Outcome:
+def _dispatch(session: Session, message: Any, policy: Policy, now: float, continued: ContinuedLookup | None) -> Outcome:
     state = session.state
     if isinstance(message, Open):
         if state is not State.PREPARING:
             return protocol_error(session, f"unexpected open: the session is already {state.value}")
-        return _open(session, message, policy, now)
+        return _open(session, message, policy, now, continued)
     if isinstance(message, Close):
         return _close(session, message, now)
     if state is State.PREPARING:
@@ -204,12 +255,23 @@ def _dispatch(session: Session, message: Any, policy: Policy, now: float) -> Out
         if state is not State.ACTIVE:
             return _ignored(message)  # pause is idempotent: a repeated confirmation is harmless
         session.state = State.PAUSED
-        return Outcome(lifecycle=[Lifecycle("paused")])
+        session.paused_by = "server" if session.server_paused else "client"
+        return Outcome(lifecycle=[Lifecycle("paused", {"initiator": session.paused_by})])
     if isinstance(message, Resumed):
         if state is not State.PAUSED:
             return _ignored(message)
         session.state = State.ACTIVE
-        return Outcome(lifecycle=[Lifecycle("resumed", _skip_discarded(session, message))])
+        record = _skip_discarded(session, message) | {
+            "initiator": "server" if session.resume_sent else "client", "pausedBy": session.paused_by,
+        }
+        if session.server_paused and not session.resume_sent:
+            # The client lifted a pause we asked for and never resumed: accepted (ending the call
+            # would be worse), but said plainly, so a secure pause that did not hold is visible.
+            record["serverPauseLifted"] = True
+        session.server_paused = False
+        session.paused_by = None
+        session.resume_sent = False
+        return Outcome(lifecycle=[Lifecycle("resumed", record)])
     if isinstance(message, Discarded):
         return Outcome(lifecycle=[Lifecycle("discarded", _skip_discarded(session, message))])
     if isinstance(message, (Dtmf, PlaybackStarted, PlaybackCompleted)):
@@ -230,7 +292,38 @@ def _skip_discarded(session: Session, message: Resumed | Discarded) -> dict[str,
     return {"start": message.parameters.start, "discarded": message.parameters.discarded, "samples": samples}
 
 
-def _open(session: Session, message: Open, policy: Policy, now: float) -> Outcome:
+def _check_continued(session: Session, message: Open, continued: ContinuedLookup) -> str | None:
+    """Why the sessions this open continues cannot be continued here, or None."""
+    parameters = message.parameters
+    found = {key.lower(): value for key, value in continued.items()}
+    for index, entry in enumerate(parameters.continuedSessions or []):
+        where = f"open.parameters.continuedSessions[{index}]"
+        if entry.id.lower() == message.id.lower():
+            return f"{where}.id {entry.id} is this session's own id"
+        info = found.get(entry.id.lower())
+        if info is None:
+            return f"{where}.id {entry.id} is not a session this server knows"
+        if (info.organization_id or "").lower() != parameters.organizationId.lower():
+            return (f"{where}.id {entry.id} belongs to organization {info.organization_id}, "
+                    f"not {parameters.organizationId}")
+        if (info.conversation_id or "").lower() != parameters.conversationId.lower():
+            return (f"{where}.id {entry.id} belongs to conversation {info.conversation_id}, "
+                    f"not {parameters.conversationId}")
+        if entry.serverseq > info.seq:
+            return f"{where}.serverseq is {entry.serverseq} but that session's last server seq was {info.seq}"
+    return None
+
+
+def _continued_links(message: Open, continued: ContinuedLookup | None) -> list[dict[str, Any]]:
+    links = []
+    for entry in message.parameters.continuedSessions or []:
+        link = entry.model_dump()
+        link["verified"] = continued is not None
+        links.append(link)
+    return links
+
+
+def _open(session: Session, message: Open, policy: Policy, now: float, continued: ContinuedLookup | None) -> Outcome:
     parameters = message.parameters
     if session.organization_id and parameters.organizationId.lower() != session.organization_id.lower():
         info = (
@@ -241,6 +334,10 @@ def _open(session: Session, message: Open, policy: Policy, now: float) -> Outcom
         session.state = State.UNAUTHORIZED
         session.error_info = info
         return Outcome([reply], [Lifecycle("error", {"info": info, "state": State.PREPARING.value})], violation=info)
+    if parameters.continuedSessions and continued is not None:
+        problem = _check_continued(session, message, continued)
+        if problem is not None:
+            return protocol_error(session, problem)
     offers = [entry.as_offer() for entry in parameters.media]
     session.media = select_media(offers, policy.media_preference)
     session.organization_id = parameters.organizationId
@@ -250,6 +347,8 @@ def _open(session: Session, message: Open, policy: Policy, now: float) -> Outcom
     session.language = parameters.language
     session.opened_at = now
     session.state = State.PAUSED if policy.start_paused else State.ACTIVE
+    if policy.start_paused:
+        session.server_paused, session.paused_by = True, "server"
     languages = list(policy.supported_languages) if parameters.supportedLanguages else None
     reply = _reply(session, "opened", OpenedParameters(
         startPaused=policy.start_paused, media=[session.media] if session.media else [], supportedLanguages=languages,
@@ -263,7 +362,7 @@ def _open(session: Session, message: Open, policy: Policy, now: float) -> Outcom
         "language": parameters.language,
         "customConfig": parameters.customConfig,
         "inputVariables": parameters.inputVariables,
-        "continuedSessions": [c.model_dump() for c in parameters.continuedSessions or []],
+        "continuedSessions": _continued_links(message, continued),
     }
     return Outcome([reply], [Lifecycle("opened", record)])
 
@@ -321,19 +420,143 @@ def _sent_before_last_message(session: Session, media: dict[str, Any], size: int
     return session.position + samples <= session.client_position
 
 
+# --- server-originated messages ----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Ask the client to stop streaming (it confirms with ``paused``)."""
+
+    name: Literal["pause"] = "pause"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Lift a pause we asked for (the client confirms with ``resumed``)."""
+
+    name: Literal["resume"] = "resume"
+
+
+@dataclass(frozen=True, slots=True)
+class SendEvent:
+    """Send entities (transcripts, agent assist results, ...) into the conversation."""
+
+    entities: Sequence[Any]
+    name: Literal["event"] = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """End the session; the client answers with a close transaction (reason ``disconnect``)."""
+
+    reason: str = "completed"
+    info: str | None = None
+    name: Literal["disconnect"] = "disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Ask the client to move the session to a new connection (``continuedSessions``)."""
+
+    info: str | None = None
+    name: Literal["reconnect"] = "reconnect"
+
+
+ServerAction = Union[Pause, Resume, SendEvent, Disconnect, Reconnect]
+RefusalCode = Literal["unknown_session", "wrong_state", "oversize_event", "bad_entity", "bad_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A server action that cannot be taken; nothing was sent and the session is unchanged."""
+
+    code: RefusalCode
+    reason: str
+    state: str | None = None
+
+
+_OUTBOUND_RECORD = {"pause": "pausing", "resume": "resuming", "disconnect": "disconnecting",
+                    "reconnect": "reconnecting", "event": "event"}
+
+
+def _wrong_state(session: Session, action: str, why: str) -> Refused:
+    return Refused("wrong_state", f"cannot {action}: {why}", session.state.value)
+
+
+def _state_problem(session: Session, action: ServerAction) -> Refused | None:
+    state = session.state
+    if state is State.PREPARING:
+        return _wrong_state(session, action.name, "the session is not opened yet (PREPARING)")
+    if state not in OPEN_STATES:
+        return _wrong_state(session, action.name, f"the session is {state.value}")
+    if isinstance(action, Pause) and session.server_paused:
+        return _wrong_state(session, "pause", "the server already paused the session")
+    if isinstance(action, Resume) and not session.server_paused:
+        by = " (the client paused it itself)" if state is State.PAUSED else ""
+        return _wrong_state(session, "resume", f"the session is not paused by the server{by}")
+    if isinstance(action, Reconnect) and session.reconnect_seq is not None:
+        return _wrong_state(session, "reconnect", f"a reconnect was already sent (seq {session.reconnect_seq})")
+    return None
+
+
+def _parameters(action: ServerAction) -> ServerParameters | Refused:
+    if isinstance(action, SendEvent):
+        entities = validate_entities(list(action.entities) if isinstance(action.entities, tuple) else action.entities)
+        if isinstance(entities, str):
+            return Refused("bad_entity", entities)
+        return EventParameters(entities=entities)
+    if isinstance(action, Disconnect):
+        if action.reason not in ("completed", "unauthorized", "error"):
+            return Refused("bad_request", f"disconnect reason {action.reason!r} is not one of completed, "
+                                          "unauthorized, error")
+        return DisconnectParameters(reason=action.reason, info=action.info)  # type: ignore[arg-type]
+    if isinstance(action, Reconnect):
+        return ReconnectParameters(info=action.info)
+    return EmptyParameters()
+
+
+def act(session: Session, action: ServerAction) -> Outcome | Refused:
+    """Apply one server-originated action: the message to send (numbered with the next server
+    seq, like every reply) and its lifecycle record, or why not (and nothing changed)."""
+    problem = _state_problem(session, action)
+    if problem is not None:
+        return problem
+    parameters = _parameters(action)
+    if isinstance(parameters, Refused):
+        return parameters
+    assert session.session_id is not None
+    message = server_message(action.name, session_id=session.session_id, seq=session.seq + 1,
+                             clientseq=session.clientseq, parameters=parameters)
+    if isinstance(action, SendEvent):
+        size = len(message.to_json().encode("utf-8"))
+        if size > MAX_TEXT_BYTES:
+            return Refused("oversize_event", f"the event message would be {size} bytes; "
+                                             f"the limit is {MAX_TEXT_BYTES}", session.state.value)
+    session.seq += 1
+    data: dict[str, Any] = {"seq": message.seq}
+    if isinstance(action, Pause):
+        session.server_paused = True
+    elif isinstance(action, Resume):
+        session.resume_sent = True
+        session.server_paused = False
+    elif isinstance(action, Disconnect):
+        session.state = State.CLOSING
+        data |= {"reason": action.reason, "info": action.info}
+    elif isinstance(action, Reconnect):
+        session.reconnect_seq = message.seq
+        data |= {"info": action.info}
+    elif isinstance(action, SendEvent):
+        data |= {"entities": message.parameters.entities}  # type: ignore[union-attr]
+    return Outcome([message], [Lifecycle(_OUTBOUND_RECORD[action.name], data)])
+
+
 def disconnect(session: Session, reason: str, info: str | None = None) -> Outcome:
-    """Server-initiated end of session (e.g. the relay draining); the client then closes."""
-    if session.state not in OPEN_STATES:
-        return Outcome()
-    reply = _reply(session, "disconnect", DisconnectParameters(reason=reason, info=info))  # type: ignore[arg-type]
-    session.state = State.CLOSING
-    return Outcome([reply], [Lifecycle("disconnecting", {"reason": reason, "info": info})])
+    """Server-initiated end of session (e.g. the relay draining); nothing once it is not open."""
+    outcome = act(session, Disconnect(reason, info))
+    return Outcome() if isinstance(outcome, Refused) else outcome
 
 
-def send_event(session: Session, entities: Sequence[dict[str, Any]]) -> Outcome:
-    if session.state not in OPEN_STATES:
-        return Outcome()
-    return Outcome([_reply(session, "event", EventParameters(entities=list(entities)))])
+def send_event(session: Session, entities: Sequence[dict[str, Any]]) -> Outcome | Refused:
+    return act(session, SendEvent(entities))
 
 
 def finish(session: Session, now: float, status_code: int | None, reason: str | None) -> Outcome:

@@ -21,6 +21,7 @@ from audiohook.session import (
     Lifecycle,
     Outcome,
     Policy,
+    Refused,
     Session,
     State,
     disconnect,
@@ -207,7 +208,7 @@ def test_seq_counts_every_server_message_and_clientseq_is_the_last_client_seq() 
     genesys.open()                                                     # client seq 1
     genesys.send("ping", {"rtt": "PT0.05S"})                           # 2
     genesys.send("update", {"language": "de-DE"})                      # 3
-    genesys.got(send_event(genesys.session, [{"type": "transcript", "data": {"id": "t1"}}]))
+    genesys.got(send_event(genesys.session, [{"type": "custom", "data": {"id": "t1"}}]))
     genesys.send("paused")                                             # 4
     genesys.send("resumed", {"start": "PT0S", "discarded": "PT0S"})    # 5
     genesys.send("ping")                                               # 6
@@ -217,7 +218,7 @@ def test_seq_counts_every_server_message_and_clientseq_is_the_last_client_seq() 
         server("opened", 1, 1, {"startPaused": False, "media": [STEREO_PCMU]}),
         server("pong", 2, 2),
         server("updated", 3, 3),
-        server("event", 4, 3, {"entities": [{"type": "transcript", "data": {"id": "t1"}}]}),
+        server("event", 4, 3, {"entities": [{"type": "custom", "data": {"id": "t1"}}]}),
         server("pong", 5, 6),
         server("disconnect", 6, 6, {"reason": "completed"}),
         server("closed", 7, 7),
@@ -339,8 +340,9 @@ def test_continued_sessions_custom_config_and_input_variables_are_accepted_and_r
                            inputVariables={"customerTier": "gold"})
     assert genesys.types == ["opened"]
     record = outcome.lifecycle[0].data
+    # No lookup by the front: accepted, and the link says it was not verified.
     assert (record["continuedSessions"], record["customConfig"], record["inputVariables"]) == (
-        continued, {"tenant": "a"}, {"customerTier": "gold"}
+        [continued[0] | {"verified": False}], {"tenant": "a"}, {"customerTier": "gold"}
     )
 
 
@@ -405,11 +407,12 @@ def test_client_pause_and_resume_moves_the_position_past_the_discarded_audio() -
     genesys.open()
     genesys.audio(3200)  # 200 ms of stereo PCMU
     paused = genesys.send("paused")
-    assert paused == Outcome(lifecycle=[Lifecycle("paused")])
+    assert paused == Outcome(lifecycle=[Lifecycle("paused", {"initiator": "client"})])
     assert genesys.session.state is State.PAUSED
     resumed = genesys.send("resumed", {"start": "PT0.2S", "discarded": "PT1.5S"})
     assert resumed == Outcome(lifecycle=[Lifecycle("resumed", {"start": "PT0.2S", "discarded": "PT1.5S",
-                                                               "samples": 12000})])
+                                                               "samples": 12000, "initiator": "client",
+                                                               "pausedBy": "client"})])
     assert genesys.session.state is State.ACTIVE
     assert genesys.session.position == 1600 + 12000
     assert genesys.audio(3200) is None
@@ -427,12 +430,15 @@ def test_discarded_moves_the_position_on() -> None:
 
 def test_events_are_numbered_like_replies_and_only_sent_while_open() -> None:
     genesys = Genesys()
-    assert send_event(genesys.session, [{"type": "transcript", "data": {}}]) == Outcome()
+    entities = [{"type": "custom", "data": {}}]
+    assert send_event(genesys.session, entities) == Refused(
+        "wrong_state", "cannot event: the session is not opened yet (PREPARING)", "PREPARING")
     genesys.open()
-    event = send_event(genesys.session, [{"type": "transcript", "data": {}}])
-    assert sent(event) == [server("event", 2, 1, {"entities": [{"type": "transcript", "data": {}}]})]
+    event = send_event(genesys.session, entities)
+    assert sent(event) == [server("event", 2, 1, {"entities": entities})]
     genesys.send("close", {"reason": "end"})
-    assert send_event(genesys.session, [{"type": "transcript", "data": {}}]) == Outcome()
+    assert send_event(genesys.session, entities) == Refused(
+        "wrong_state", "cannot event: the session is CLOSED", "CLOSED")
 
 
 # --- server-initiated disconnect and the end of the session ------------------------------
@@ -442,7 +448,7 @@ def test_server_disconnect_then_client_close_with_reason_disconnect_gets_closed(
     genesys.open()
     outcome = genesys.got(disconnect(genesys.session, "completed", "draining"))
     assert sent(outcome) == [server("disconnect", 2, 1, {"reason": "completed", "info": "draining"})]
-    assert outcome.lifecycle == [Lifecycle("disconnecting", {"reason": "completed", "info": "draining"})]
+    assert outcome.lifecycle == [Lifecycle("disconnecting", {"seq": 2, "reason": "completed", "info": "draining"})]
     assert genesys.session.state is State.CLOSING
     assert disconnect(genesys.session, "completed") == Outcome()  # only once
     assert genesys.audio(3200) == Outcome(violation="audio frame ignored in state CLOSING")

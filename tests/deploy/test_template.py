@@ -32,6 +32,7 @@ FUNCTIONS = {
     "ConnectFunction": "on_connect.handler",
     "MessageFunction": "on_message.handler",
     "DisconnectFunction": "on_disconnect.handler",
+    "ControlFunction": "on_control.handler",
 }
 ROUTES = {"$connect": "ConnectFunction", "$default": "MessageFunction", "$disconnect": "DisconnectFunction"}
 REQUIRED_ENV = {
@@ -212,7 +213,8 @@ def test_three_routes_with_lambda_proxy_integrations(resources: dict[str, Any]) 
 def test_lambda_permissions_scoped_to_this_api(resources: dict[str, Any]) -> None:
     permissions = _of_type(resources, "AWS::Lambda::Permission")
     by_function = {p["Properties"]["FunctionName"]["Ref"]: p["Properties"] for p in permissions.values()}
-    assert set(by_function) == set(FUNCTIONS)
+    # API Gateway invokes the route functions only; the Control function has no route.
+    assert set(by_function) == set(ROUTES.values())
     for route_key, function in ROUTES.items():
         props = by_function[function]
         assert props["Principal"] == "apigateway.amazonaws.com"
@@ -381,10 +383,11 @@ def test_least_privilege_per_function(resources: dict[str, Any]) -> None:
         "ConnectFunction": {"dynamodb:PutItem", "dynamodb:DeleteItem"},
         "MessageFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
         "DisconnectFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+        "ControlFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"},
     }
     # $connect only verifies the caller; records are written once a session exists.
     expected_kinesis = {"ConnectFunction": set(), "MessageFunction": {"kinesis:PutRecords"},
-                        "DisconnectFunction": {"kinesis:PutRecords"}}
+                        "DisconnectFunction": {"kinesis:PutRecords"}, "ControlFunction": {"kinesis:PutRecords"}}
     for function in FUNCTIONS:
         grants = _grants(resources, function)
         dynamodb = {a for a in grants if a.startswith("dynamodb:")}
@@ -409,9 +412,10 @@ def test_manage_connections_scoped_to_this_api(resources: dict[str, Any]) -> Non
     # (it is gone), and nothing closes a connection through @connections.
     assert "execute-api:ManageConnections" not in _grants(resources, "ConnectFunction")
     assert "execute-api:ManageConnections" not in _grants(resources, "DisconnectFunction")
-    arns = [_sub_text(r) for r in _grants(resources, "MessageFunction")["execute-api:ManageConnections"]]
     prefix = "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${Api}/${StageName}/"
-    assert arns == [prefix + "POST/@connections/*"]
+    for function in ("MessageFunction", "ControlFunction"):  # the Control function posts server messages
+        arns = [_sub_text(r) for r in _grants(resources, function)["execute-api:ManageConnections"]]
+        assert arns == [prefix + "POST/@connections/*"]
 
 
 def test_api_gateway_logging_role_uses_the_documented_trust_policy(resources: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from array import array
 from datetime import datetime, timezone
 
 from audiohook.records import encode_audio_record, encode_lifecycle_record
-from audiohook.tools.export import rebuild_session
+from audiohook.tools.export import rebuild_conversation, rebuild_session
 from audiohook.tools.wav import mulaw_decode
 
 SESSION = "30b0e395-84d3-4570-ac13-9a62d8f514c0"
@@ -61,3 +61,47 @@ def test_other_sessions_and_garbage_are_left_out_and_lifecycle_is_summarised():
     export = rebuild_session(records, SESSION.upper())
     assert export.audio is None and export.undecodable == 1
     assert [entry["event"] for entry in export.summary()["lifecycle"]] == ["opened"]
+
+
+# --- a conversation moved by reconnect: continued sessions stitched into one WAV -------------
+
+CONVERSATION = "090eaa2f-72fa-480a-83e0-8667ff89c0ec"
+NEW = "0d1c3b9a-43c5-4bd7-9d68-5b3f5a1f2e77"
+LATER = datetime(2026, 11, 24, 0, 0, 5, tzinfo=timezone.utc)
+
+
+def opened(session: str, at: datetime, conversation: str = CONVERSATION, continued: list | None = None) -> bytes:
+    return encode_lifecycle_record(session, "opened", at, 0, False, {
+        "conversationId": conversation, "continuedSessions": continued or []})
+
+
+def test_continued_sessions_are_stitched_bit_exact_in_link_order():
+    first = [pcmu_frame(n * 5, 1600) for n in range(3)]
+    second = [pcmu_frame(100 + n, 1600) for n in range(2)]
+    records = [
+        opened(NEW, LATER, continued=[{"id": SESSION.upper(), "serverseq": 3, "clientseq": 5, "verified": True}]),
+        *(encode_audio_record(NEW, 1600 * n, "PCMU", 8000, STEREO, f) for n, f in enumerate(second)),
+        opened(SESSION, AT),
+        *(encode_audio_record(SESSION, 1600 * n, "PCMU", 8000, STEREO, f) for n, f in enumerate(first)),
+        opened(OTHER, AT, conversation="e160e428-53e2-487c-977d-96989bf5c99e"),
+        encode_audio_record(OTHER, 0, "PCMU", 8000, STEREO, pcmu_frame(9, 1600)),
+    ]
+    export = rebuild_conversation(records, CONVERSATION)
+    decoded = mulaw_decode(b"".join(first + second))
+    assert [s.session_id for s in export.sessions] == [SESSION, NEW]
+    assert export.offsets == [0, 4800]
+    assert export.audio.channels[0] == decoded[0::2] and export.audio.channels[1] == decoded[1::2]
+
+
+def test_audio_discarded_at_the_end_of_a_session_keeps_its_time_in_the_stitched_timeline():
+    records = [
+        opened(SESSION, AT),
+        encode_audio_record(SESSION, 0, "PCMU", 8000, STEREO, pcmu_frame(1, 1600)),
+        encode_lifecycle_record(SESSION, "closed", AT, 2000, False, {"reason": "reconnect"}),
+        opened(NEW, LATER, continued=[{"id": SESSION, "serverseq": 2, "clientseq": 3}]),
+        encode_audio_record(NEW, 0, "PCMU", 8000, STEREO, pcmu_frame(2, 1600)),
+    ]
+    export = rebuild_conversation(records, CONVERSATION)
+    assert export.offsets == [0, 2000]
+    assert export.audio.sample_count == 3600
+    assert list(export.audio.channels[0][1600:2000]) == [0] * 400

@@ -4,7 +4,8 @@
     audiohook probe   URL --api-key K --client-secret S [--json]
     audiohook call    URL --api-key K --client-secret S [--wav F | --tone HZ] [--sessions N] ...
     audiohook replay  events/*.json [--env events/env.json] [--api-keys events/api-keys.json]
-    audiohook export  --session ID --out call.wav [--summary call.json] [--endpoint-url URL]
+    audiohook export  --session ID | --conversation ID --out call.wav [--summary call.json]
+    audiohook control pause|resume|event|disconnect|reconnect|lookup --session-id ID [--entities JSON] ...
 """
 
 from __future__ import annotations
@@ -240,6 +241,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from audiohook.aws.wiring import client
     from audiohook.tools.wav import write_wav
 
+    if args.conversation:
+        return _export_conversation(client("kinesis"), args)
     export = _export(client("kinesis"), args.stream, args.session)
     summary = json.dumps(export.summary(), indent=2)
     if args.summary:
@@ -253,6 +256,77 @@ def cmd_export(args: argparse.Namespace) -> int:
           f"({', '.join(export.channel_names)}) from {export.audio_records} records; "
           f"{len(export.lifecycle)} lifecycle records")
     return 0
+
+
+def _export_conversation(kinesis: Any, args: argparse.Namespace) -> int:
+    from audiohook.aws.stream import read_stream
+    from audiohook.tools.export import rebuild_conversation
+    from audiohook.tools.wav import write_wav
+
+    export = rebuild_conversation((data for _, data in read_stream(kinesis, args.stream)), args.conversation)
+    summary = json.dumps(export.summary(), indent=2)
+    if args.summary:
+        Path(args.summary).write_text(summary)
+    if export.audio is None:
+        print(f"no audio for conversation {args.conversation} in stream {args.stream!r}", file=sys.stderr)
+        print(summary)
+        return 1
+    write_wav(args.out, export.audio)
+    print(f"{args.out}: {export.audio.seconds:.3f} s stitched from {len(export.sessions)} session(s) "
+          f"({', '.join(s.session_id for s in export.sessions)})")
+    return 0
+
+
+# --- control -------------------------------------------------------------------------------
+
+def control_payload(args: argparse.Namespace) -> dict[str, Any]:
+    """The Control function's JSON payload for these arguments (docs/control.md)."""
+    payload: dict[str, Any] = {"action": args.action}
+    if args.session_id:
+        payload["sessionId"] = args.session_id
+    if args.conversation_id:
+        payload["conversationId"] = args.conversation_id
+    if args.entities is not None:
+        payload["entities"] = json.loads(args.entities)
+    if args.reason is not None:
+        payload["reason"] = args.reason
+    if args.info is not None:
+        payload["info"] = args.info
+    return payload
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    try:
+        payload = control_payload(args)
+    except json.JSONDecodeError as error:
+        print(f"--entities is not valid JSON: {error}", file=sys.stderr)
+        return 2
+    if args.function:
+        # A deployed stack: the Control function does it, with its own least-privilege role.
+        from audiohook.aws.wiring import client
+
+        response = client("lambda").invoke(FunctionName=args.function, Payload=json.dumps(payload).encode())
+        answer = json.loads(response["Payload"].read())
+        if "FunctionError" in response:
+            print(json.dumps(answer, indent=2), file=sys.stderr)
+            return 1
+    else:
+        # The Python API in this process: the local stack (--endpoint-url, the gateway's
+        # @connections) or a deployed stack's table and API with the caller's own credentials.
+        from audiohook.aws.control import build_controller, handle
+        from audiohook.config import Settings
+
+        overrides = {"AWS_ENDPOINT_URL": args.endpoint_url, "SESSIONS_TABLE": args.table,
+                     "AUDIO_STREAM": args.stream, "CONNECTIONS_ENDPOINT": args.connections_endpoint}
+        os.environ.update({name: value for name, value in overrides.items() if value})
+        try:
+            controller = build_controller(Settings.from_env())
+        except ValueError as error:
+            print(f"{error} (--connections-endpoint)", file=sys.stderr)
+            return 2
+        answer = handle(controller, payload)
+    print(json.dumps(answer, indent=2))
+    return 0 if answer.get("delivered") or (answer.get("action") == "lookup" and "sessions" in answer) else 1
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -317,11 +391,32 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(run=cmd_replay)
 
     export = commands.add_parser("export", help="rebuild a session's audio from the stream as a WAV")
-    export.add_argument("--session", required=True)
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--session", help="one session's audio")
+    which.add_argument("--conversation", help="a conversation's sessions, continued ones stitched (reconnect)")
     export.add_argument("--out", required=True)
     export.add_argument("--summary", default=None, help="write the lifecycle summary JSON here")
     export.add_argument("--stream", default=os.environ.get("AUDIO_STREAM", "audiohook-audio"))
     export.set_defaults(run=cmd_export)
+
+    control = commands.add_parser("control", help="act on a live session: pause, resume, event, disconnect, "
+                                                  "reconnect (lookup finds sessions)")
+    control.add_argument("action", choices=("pause", "resume", "event", "disconnect", "reconnect", "lookup"))
+    control.add_argument("--session-id", default=None)
+    control.add_argument("--conversation-id", default=None, help="lookup: the sessions of a conversation")
+    control.add_argument("--entities", default=None, help='event: JSON array, e.g. \'[{"type":"x","data":{}}]\'')
+    control.add_argument("--reason", default=None, choices=("completed", "unauthorized", "error"),
+                         help="disconnect reason (default completed)")
+    control.add_argument("--info", default=None, help="disconnect/reconnect info")
+    control.add_argument("--function", default=None,
+                         help="a deployed stack's Control function (the ControlFunctionName output): invoke it")
+    control.add_argument("--endpoint-url", default=None, help="embedded AWS of the local stack (AWS_ENDPOINT_URL)")
+    control.add_argument("--table", default=None, help="sessions table (SESSIONS_TABLE)")
+    control.add_argument("--stream", default=None, help="audio stream (AUDIO_STREAM)")
+    control.add_argument("--connections-endpoint", default=None,
+                         help="@connections endpoint (CONNECTIONS_ENDPOINT): the local gateway's, or "
+                              "https://<api>.execute-api.<region>.amazonaws.com/<stage>")
+    control.set_defaults(run=cmd_control)
     return parser
 
 

@@ -22,7 +22,7 @@ import secrets
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -156,6 +156,10 @@ class CallReport:
     audio_frames_sent: int = 0
     audio_seconds_sent: float = 0.0
     events_received: int = 0
+    events: list[Any] = field(default_factory=list)
+    """``parameters.entities`` of every ``event`` the server sent, in order."""
+    continued_sessions: list[str] = field(default_factory=list)
+    """Sessions opened to follow the server's ``reconnect``, each continuing the one before."""
     open_to_opened_ms: float | None = None
     close_to_closed_ms: float | None = None
     ping_rtts_ms: list[float] = field(default_factory=list)
@@ -179,6 +183,8 @@ class CallReport:
             "audio_frames_sent": self.audio_frames_sent,
             "audio_seconds_sent": round(self.audio_seconds_sent, 3),
             "events_received": self.events_received,
+            "events": self.events,
+            "continued_sessions": self.continued_sessions,
             "timings_ms": {
                 "open_to_opened": self.open_to_opened_ms,
                 "close_to_closed": self.close_to_closed_ms,
@@ -212,6 +218,10 @@ class CallReport:
                 f"close -> closed: {_show_ms(self.close_to_closed_ms)}; ping rtts (ms): {rtts}"
             ),
         ]
+        for moved in self.continued_sessions:
+            lines.append(f"  reconnected: continued in session {moved}")
+        for entities in self.events:
+            lines.append(f"  event: {json.dumps(entities)}")
         if self.findings:
             lines += ["findings:", *_findings_text(self.findings)]
         return "\n".join(lines)
@@ -694,6 +704,7 @@ class _Streaming:
     stop_reason: str | None = None
     pings_in_flight: deque[float] = field(default_factory=deque)
     last_rtt_s: float | None = None
+    reconnect_requested: bool = False
 
 
 async def call(
@@ -742,8 +753,43 @@ async def call(
         return report
     state = _Streaming()
     reader: asyncio.Task[None] | None = None
+    totals = [0, 0, 0.0, 0]  # messages sent/received, audio seconds, frames of sessions left by reconnect
+    open_parameters = call_open_parameters(organization_id, report.conversation_id, offers, language)
+
+    async def move() -> _Session | None:
+        """Follow the server's ``reconnect`` as Genesys does: a new connection and session whose
+        ``open`` lists the old one in ``continuedSessions``; once it is ``opened``, close the old
+        session with reason ``reconnect``. None (with findings) when the move failed."""
+        nonlocal session, reader
+        assert session is not None and reader is not None
+        old = session
+        state.reconnect_requested = False
+        new = await _start(url, api_key, client_secret, organization_id=organization_id,
+                           session_id=str(uuid.uuid4()), timeout_open=timeout_open, timeout_close=timeout_close,
+                           timeout_upgrade=timeout_upgrade, clock=now, findings=report.findings,
+                           transcript=report.transcript)
+        if new is None:
+            return None
+        continued = {"id": old.session_id, "serverseq": old.checker.accepted_server_seq, "clientseq": old.seq}
+        await new.send("open", open_parameters | {"continuedSessions": [continued]})
+        _, opened = await new.await_opened(report.findings)
+        if opened is None:
+            await new.ws.close()
+            return None
+        report.continued_sessions.append(new.session_id)
+        state.paused_by.discard("server")  # the new session's server has not paused it
+        await old.send("close", {"reason": "reconnect"})
+        old.waiting_for = "waiting for `closed` (reconnect)"
+        await _await_reader(reader, old, report)
+        await old.ws.close()
+        for index, value in enumerate((old.messages_sent, old.messages_received, old.position_s, old.frames_sent)):
+            totals[index] += value
+        session = new
+        new.waiting_for = "streaming audio"
+        reader = asyncio.create_task(_read_during_call(new, state, report))
+        return new
+
     try:
-        open_parameters = call_open_parameters(organization_id, report.conversation_id, offers, language)
         await session.send("open", open_parameters)
         reason, opened = await session.await_opened(report.findings)
         if opened is not None:
@@ -765,6 +811,7 @@ async def call(
                 resume_at=resume_at,
                 language_update=language_update,
                 discard=discard,
+                move=move,
             )
             reason = state.stop_reason or "end"
         await session.send("close", {"reason": reason})
@@ -780,12 +827,12 @@ async def call(
         if reader is not None:
             reader.cancel()
         await session.ws.close()
-    report.messages_sent = session.messages_sent
-    report.messages_received = session.messages_received
+    report.messages_sent = session.messages_sent + int(totals[0])
+    report.messages_received = session.messages_received + int(totals[1])
     report.open_to_opened_ms = _ms(session.checker.open_to_opened_s)
     report.close_to_closed_ms = _ms(session.checker.close_to_closed_s)
-    report.audio_seconds_sent = session.position_s
-    report.audio_frames_sent = session.frames_sent
+    report.audio_seconds_sent = session.position_s + totals[2]
+    report.audio_frames_sent = session.frames_sent + int(totals[3])
     return report
 
 
@@ -818,6 +865,7 @@ async def _read_during_call(session: _Session, state: _Streaming, report: CallRe
                 report.ping_rtts_ms.append(round(state.last_rtt_s * 1000, 1))
             elif kind == "event":
                 report.events_received += 1
+                report.events.append(((verdict.message or {}).get("parameters") or {}).get("entities"))
             elif kind == "pause" and "server" not in state.paused_by:
                 was_paused = bool(state.paused_by)
                 state.paused_by.add("server")
@@ -828,8 +876,10 @@ async def _read_during_call(session: _Session, state: _Streaming, report: CallRe
                 state.paused_by.discard("server")
                 if not state.paused_by:
                     await _send_resumed(session, state)
-            elif kind in ("disconnect", "reconnect") and state.stop_reason is None:
-                state.stop_reason = kind
+            elif kind == "reconnect":
+                state.reconnect_requested = True  # the audio loop moves the session (see `call`)
+            elif kind == "disconnect" and state.stop_reason is None:
+                state.stop_reason = kind  # the audio stops; `call` runs the close transaction
     except ConnectionClosed as error:
         session.connection_lost(error, report.findings)
         state.stop_reason = state.stop_reason or "error"
@@ -855,8 +905,12 @@ async def _stream(
     resume_at: float | None,
     language_update: tuple[float, str] | None,
     discard: tuple[float, float] | None,
+    move: Callable[[], Awaitable[_Session | None]] | None = None,
 ) -> None:
-    """Send ``audio`` frame by frame at real-time pace / ``speed``, with the scheduled messages."""
+    """Send ``audio`` frame by frame at real-time pace / ``speed``, with the scheduled messages.
+
+    After a ``reconnect`` from the server, ``move`` opens the continuing session and the audio
+    goes on there from the next frame."""
     samples_per_frame = AUDIOHOOK_RATE * frame_ms // 1000
     frame_s = samples_per_frame / AUDIOHOOK_RATE
     frame_count = math.ceil(audio.audio.sample_count / samples_per_frame)
@@ -872,6 +926,12 @@ async def _stream(
     discarded_s = 0.0
     for index, frame in enumerate(frames):
         at_s = index * frame_s
+        if state.reconnect_requested and move is not None and state.stop_reason is None:
+            moved = await move()
+            if moved is None:
+                state.stop_reason = "error"
+                return
+            session = moved
         if state.stop_reason is not None or session.checker.closed:
             return
         if at_s >= next_ping_s:

@@ -88,3 +88,86 @@ def rebuild_session(records: Iterable[bytes], session_id: str) -> SessionExport:
     export.audio = Audio(first.rate, channels)
     export.channel_names = tuple(first.channels)
     return export
+
+
+# --- a conversation: continued sessions stitched into one timeline ---------------------------
+
+
+@dataclass
+class ConversationExport:
+    conversation_id: str
+    sessions: list[SessionExport]
+    """The sessions in the order their audio is placed (each continues the one before)."""
+    offsets: list[int]
+    """Where each session's position 0 lands in the stitched audio (samples per channel)."""
+    audio: Audio | None
+    channel_names: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "conversationId": self.conversation_id,
+            "sessions": [{"sessionId": s.session_id, "offset": offset, "samplesPerChannel":
+                          s.audio.sample_count if s.audio else 0} for s, offset in zip(self.sessions, self.offsets)],
+            "samplesPerChannel": self.audio.sample_count if self.audio else 0,
+            "channels": list(self.channel_names),
+        }
+
+
+def _session_end(export: SessionExport) -> int:
+    """Where a session's timeline ends: its last audio sample, or a later position its
+    lifecycle records state (audio the client discarded at the end still takes time)."""
+    end = export.audio.sample_count if export.audio else 0
+    return max([end, *(record.position for record in export.lifecycle)])
+
+
+def rebuild_conversation(records: Iterable[bytes], conversation_id: str) -> ConversationExport:
+    """All sessions of a conversation that continue one another (``continuedSessions`` in
+    their ``opened`` records), in order, with each session's audio placed after the end of
+    the session it continues. Sessions of the conversation that no link ties together are
+    placed one after the other in the order they were opened."""
+    data = list(records)
+    wanted = conversation_id.lower()
+    opened: dict[str, LifecycleRecord] = {}
+    for blob in data:
+        try:
+            record = decode_record(blob)
+        except RecordFormatError:
+            continue
+        if (isinstance(record, LifecycleRecord) and record.event == "opened"
+                and str(record.data.get("conversationId", "")).lower() == wanted):
+            opened.setdefault(record.session_id, record)
+    continues: dict[str, str] = {}  # session -> the session it continues
+    for session_id, record in opened.items():
+        for link in record.data.get("continuedSessions") or []:
+            previous = canonical_session_id(link["id"])
+            if previous in opened:
+                continues[session_id] = previous
+    followers = {previous: session for session, previous in continues.items()}
+    order: list[str] = []
+    for root in sorted((s for s in opened if s not in continues), key=lambda s: opened[s].at):
+        current: str | None = root
+        while current is not None and current not in order:
+            order.append(current)
+            current = followers.get(current)
+    sessions = [rebuild_session(data, session_id) for session_id in order]
+    offsets: list[int] = []
+    cursor = 0
+    for export in sessions:
+        offsets.append(cursor)
+        cursor += _session_end(export)
+    with_audio = [s for s in sessions if s.audio is not None]
+    if not with_audio:
+        return ConversationExport(conversation_id, sessions, offsets, None)
+    first = with_audio[0]
+    assert first.audio is not None
+    channels = tuple(array("h") for _ in first.channel_names)
+    for export, offset in zip(sessions, offsets):
+        length = _session_end(export)
+        for index, channel in enumerate(channels):
+            if export.audio is not None:
+                channel.extend(export.audio.channels[index])
+            missing = offset + length - len(channel)
+            if missing > 0:
+                channel.extend(array("h", bytes(2 * missing)))
+    return ConversationExport(conversation_id, sessions, offsets, Audio(first.audio.rate, channels),
+                              first.channel_names)

@@ -1,0 +1,371 @@
+"""Control API: act on live sessions from anywhere in AWS (pause, resume, event, disconnect,
+reconnect), with IAM permission only.
+
+The session state machine decides (``audiohook.session.act``); this module finds the session
+(:class:`SessionDirectory`) and hands the action to the front that holds it (:class:`Front`):
+
+- the API Gateway front (:class:`LambdaFront`): the action is applied to the stored session
+  after every earlier server message was delivered, saved with the same optimistic lock as a
+  client message, then posted through @connections, so it takes the next ``seq`` and reaches
+  the client in ``seq`` order with the replies of concurrent ``$default`` invocations;
+- a relay task (the session item names its owner): the action goes to that task over its
+  private control listener (docs/control.md); until a relay front is configured, the result
+  says the session is unreachable.
+
+Every call returns a :class:`ControlResult` saying whether the message reached the client,
+and why not. Example::
+
+    from audiohook.aws.control import build_controller
+    controller = build_controller()
+    controller.pause("5f020a60-a9cf-4a0a-add7-717401f04817").delivered
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from audiohook.aws.service import AudioHookService
+from audiohook.config import Settings
+from audiohook.protocol import Uuid
+from audiohook.session import (
+    ContinuedSessionInfo,
+    Disconnect,
+    Pause,
+    Reconnect,
+    Refused,
+    Resume,
+    SendEvent,
+    ServerAction,
+    Session,
+    act,
+)
+
+ResultCode = Literal[
+    "delivered", "unknown_session", "wrong_state", "oversize_event", "bad_entity", "bad_request", "gone",
+    "unreachable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """What one control action did. ``delivered``: the message was posted to the client."""
+
+    action: str
+    session_id: str | None
+    delivered: bool
+    code: ResultCode
+    reason: str
+    state: str | None = None
+    message: dict[str, Any] | None = None  # the message sent, exactly
+
+    def to_dict(self) -> dict[str, Any]:
+        return {("sessionId" if k == "session_id" else k): v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ControlResult:
+        return cls(action=data["action"], session_id=data.get("sessionId"), delivered=bool(data["delivered"]),
+                   code=data["code"], reason=data["reason"], state=data.get("state"), message=data.get("message"))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLocation:
+    """Where a live session is held."""
+
+    session_id: str
+    connection_id: str
+    conversation_id: str | None
+    state: str
+    owner: str | None = None  # a relay task's private address; None: the API Gateway front
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sessionId": self.session_id, "connectionId": self.connection_id,
+                "conversationId": self.conversation_id, "state": self.state, "owner": self.owner}
+
+
+class Front(Protocol):
+    """The front that holds a session: applies an action in the session's own order, delivers it."""
+
+    def apply(self, location: SessionLocation, action: ServerAction) -> ControlResult: ...
+
+
+def _location(item: dict[str, Any]) -> SessionLocation | None:
+    if "session" not in item or "connectionId" not in item:
+        return None
+    session = Session.from_dict(json.loads(item["session"]["S"]))
+    if session.session_id is None:
+        return None
+    return SessionLocation(session.session_id, item["connectionId"]["S"], session.conversation_id,
+                           session.state.value, item.get("owner", {}).get("S"))
+
+
+class SessionDirectory:
+    """Finds sessions in the sessions table.
+
+    By session id: the ``session#<id>`` marker item (written at ``$connect``, it names the
+    connection), then the connection's item. Tables without markers are scanned on the
+    ``sessionId`` attribute. By conversation id: a scan of the session items (the conversation
+    is only known once ``open`` arrived); a deployment with many live sessions adds a GSI.
+    """
+
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._client = dynamodb
+        self._table = table
+        self.calls = 0
+
+    def _connection_item(self, connection_id: str) -> dict[str, Any] | None:
+        self.calls += 1
+        return self._client.get_item(TableName=self._table, Key={"pk": {"S": f"conn#{connection_id}"}},
+                                     ConsistentRead=True).get("Item")
+
+    def _session_item(self, session_id: str) -> dict[str, Any] | None:
+        for candidate in dict.fromkeys((session_id, session_id.lower())):
+            self.calls += 1
+            marker = self._client.get_item(TableName=self._table, Key={"pk": {"S": f"session#{candidate}"}},
+                                           ConsistentRead=True).get("Item")
+            if marker and "connectionId" in marker:
+                return self._connection_item(marker["connectionId"]["S"])
+        for item in self._scan("sessionId IN (:a, :b)", {":a": {"S": session_id}, ":b": {"S": session_id.lower()}}):
+            if _location(item) is not None:
+                return item
+        return None
+
+    def find(self, session_id: str) -> SessionLocation | None:
+        item = self._session_item(session_id)
+        return _location(item) if item else None
+
+    def continued(self, session_ids: Sequence[str]) -> dict[str, ContinuedSessionInfo | None]:
+        """What an ``open`` with ``continuedSessions`` needs checked (``receive(..., continued=)``):
+        each listed session's identity and numbering, or None when it is not in the table."""
+        found: dict[str, ContinuedSessionInfo | None] = {}
+        for session_id in session_ids:
+            item = self._session_item(session_id)
+            if item is None or _location(item) is None:
+                found[session_id] = None
+                continue
+            session = Session.from_dict(json.loads(item["session"]["S"]))
+            found[session_id] = ContinuedSessionInfo(
+                session_id=session.session_id or session_id, organization_id=session.organization_id,
+                conversation_id=session.conversation_id, seq=session.seq, clientseq=session.clientseq,
+                state=session.state.value)
+        return found
+
+    def by_conversation(self, conversation_id: str) -> list[SessionLocation]:
+        found = []
+        for item in self._scan("begins_with(pk, :conn)", {":conn": {"S": "conn#"}}):
+            location = _location(item)
+            if location and (location.conversation_id or "").lower() == conversation_id.lower():
+                found.append(location)
+        return found
+
+    def _scan(self, condition: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": self._table, "FilterExpression": condition,
+                                  "ExpressionAttributeValues": values, "ConsistentRead": True}
+        while True:
+            self.calls += 1
+            page = self._client.scan(**kwargs)
+            items += page.get("Items", [])
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+_NO_EVENT = APIGatewayWebSocketEvent({})
+
+
+class LambdaFront:
+    """The API Gateway front: apply through the stored session, post through @connections.
+
+    The action waits (bounded) until every server message already numbered was posted, so
+    its own post cannot overtake a reply still in flight; then it is applied and saved under
+    the item's optimistic lock (a concurrent ``$default`` invocation makes it reload and
+    re-apply), posted, marked delivered, and its lifecycle record written.
+    """
+
+    def __init__(self, service: AudioHookService, *, wait_s: float = 3.0,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.service = service
+        self._wait_s = wait_s
+        self._clock = clock
+        self._sleep = sleep
+
+    def apply(self, location: SessionLocation, action: ServerAction) -> ControlResult:
+        store = self.service.store
+        deadline = self._clock() + self._wait_s
+        delay = 0.02
+        while True:
+            stored = store.load(location.connection_id)
+            if stored is None:
+                return ControlResult(action.name, location.session_id, False, "unknown_session",
+                                     "the session's connection is gone")
+            if stored.delivered < stored.session.seq and self._clock() < deadline:
+                self._sleep(delay)
+                delay = min(delay * 2, 0.2)
+                continue
+            outcome = act(stored.session, action)
+            if isinstance(outcome, Refused):
+                return ControlResult(action.name, location.session_id, False, outcome.code, outcome.reason,
+                                     outcome.state or stored.session.state.value)
+            if store.save(stored):
+                break
+        result = self.service.deliver(_NO_EVENT, stored, outcome)
+        message = json.loads(outcome.replies[0].to_json())
+        state = stored.session.state.value
+        if result.gone:
+            return ControlResult(action.name, location.session_id, False, "gone",
+                                 "the connection closed before the message could be posted", state, message)
+        return ControlResult(action.name, location.session_id, True, "delivered", "posted to the client", state,
+                             message)
+
+
+class Controller:
+    """The control API: one method per action, each answering with a :class:`ControlResult`."""
+
+    def __init__(self, directory: SessionDirectory, api_gateway: Front, relay: Front | None = None) -> None:
+        self.directory = directory
+        self.api_gateway = api_gateway
+        self.relay = relay
+
+    def pause(self, session_id: str) -> ControlResult:
+        return self.act(session_id, Pause())
+
+    def resume(self, session_id: str) -> ControlResult:
+        return self.act(session_id, Resume())
+
+    def send_event(self, session_id: str, entities: Sequence[Any]) -> ControlResult:
+        return self.act(session_id, SendEvent(entities))
+
+    def disconnect(self, session_id: str, reason: str = "completed", info: str | None = None) -> ControlResult:
+        return self.act(session_id, Disconnect(reason, info))
+
+    def reconnect(self, session_id: str, info: str | None = None) -> ControlResult:
+        return self.act(session_id, Reconnect(info))
+
+    def sessions(self, conversation_id: str) -> list[SessionLocation]:
+        """The sessions of a conversation (a reconnect leaves the old one until it closes)."""
+        return self.directory.by_conversation(conversation_id)
+
+    def act(self, session_id: str, action: ServerAction) -> ControlResult:
+        location = self.directory.find(session_id)
+        if location is None:
+            return ControlResult(action.name, session_id, False, "unknown_session",
+                                 f"no live session {session_id} in the sessions table")
+        if location.owner is None:
+            return self.api_gateway.apply(location, action)
+        if self.relay is None:
+            return ControlResult(action.name, session_id, False, "unreachable",
+                                 f"the session is held by relay task {location.owner}, and no relay control "
+                                 "path is configured", location.state)
+        return self.relay.apply(location, action)
+
+
+def build_controller(settings: Settings | None = None, **clients: Any) -> Controller:
+    """The controller with real clients (``AWS_ENDPOINT_URL`` points them at the embedded AWS)."""
+    from audiohook.aws.wiring import build_service, client, connections_endpoint, poster_for_endpoint
+
+    settings = settings or Settings.from_env()
+    service = build_service(settings, **clients)
+    if not settings.connections_endpoint:
+        raise ValueError("CONNECTIONS_ENDPOINT must name the API's @connections endpoint "
+                         "(https://<api>.execute-api.<region>.amazonaws.com/<stage>)")
+    poster = clients.get("poster") or poster_for_endpoint(connections_endpoint(settings, _NO_EVENT))
+    service.poster_for = lambda _event: poster
+    dynamodb = clients.get("dynamodb") or client("dynamodb")
+    return Controller(SessionDirectory(dynamodb, settings.sessions_table),
+                      LambdaFront(service, wait_s=settings.predecessor_wait_ms / 1000))
+
+
+# --- the Control Lambda's payload ---------------------------------------------------------------
+
+
+class ControlRequest(BaseModel):
+    """The Control function's input: ``{"action": "pause", "sessionId": "..."}``;
+    ``event`` adds ``entities``; ``disconnect`` ``reason``/``info``; ``reconnect`` ``info``;
+    ``lookup`` takes a ``conversationId`` (or a ``sessionId``) and sends nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["pause", "resume", "event", "disconnect", "reconnect", "lookup"]
+    sessionId: Uuid | None = None
+    conversationId: Uuid | None = None
+    entities: list[Any] | None = None
+    reason: Literal["completed", "unauthorized", "error"] = "completed"
+    info: str | None = None
+
+
+def parse_request(payload: Any) -> ControlRequest | ControlResult:
+    try:
+        return ControlRequest.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "payload"
+        action = payload.get("action") if isinstance(payload, dict) else None
+        return ControlResult(str(action), None, False, "bad_request", f"{where}: {first['msg']}")
+
+
+def server_action(request: ControlRequest) -> ServerAction:
+    """The core's input for a request whose action is not ``lookup``."""
+    actions: dict[str, Callable[[], ServerAction]] = {
+        "pause": Pause, "resume": Resume,
+        "event": lambda: SendEvent(request.entities if request.entities is not None else []),
+        "disconnect": lambda: Disconnect(request.reason, request.info),
+        "reconnect": lambda: Reconnect(request.info),
+    }
+    return actions[request.action]()
+
+
+def request_payload(session_id: str, action: ServerAction) -> dict[str, Any]:
+    """The JSON request for one action (what the Control function and a relay task take)."""
+    payload: dict[str, Any] = {"action": action.name, "sessionId": session_id}
+    if isinstance(action, SendEvent):
+        payload["entities"] = list(action.entities) if isinstance(action.entities, (list, tuple)) else action.entities
+    elif isinstance(action, Disconnect):
+        payload |= {"reason": action.reason, "info": action.info}
+    elif isinstance(action, Reconnect):
+        payload["info"] = action.info
+    return payload
+
+
+def handle(controller: Controller, payload: Any) -> dict[str, Any]:
+    """Run one Control request; the answer is JSON (what the Lambda returns)."""
+    request = parse_request(payload)
+    if isinstance(request, ControlResult):
+        return request.to_dict()
+    if request.action == "lookup":
+        if request.conversationId:
+            return {"action": "lookup", "sessions": [s.to_dict() for s in controller.sessions(request.conversationId)]}
+        if request.sessionId:
+            found = controller.directory.find(request.sessionId)
+            return {"action": "lookup", "sessions": [found.to_dict()] if found else []}
+        return ControlResult("lookup", None, False, "bad_request", "lookup needs a conversationId or a sessionId"
+                             ).to_dict()
+    if request.sessionId is None:
+        return ControlResult(request.action, None, False, "bad_request", f"{request.action} needs a sessionId"
+                             ).to_dict()
+    return controller.act(request.sessionId, server_action(request)).to_dict()
+
+
+def control_handler() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The Control Lambda's entry point; the controller is built once per container."""
+    from aws_lambda_powertools import Logger
+
+    logger = Logger(service="audiohook")
+    built: dict[Settings, Controller] = {}
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        settings = Settings.from_env()
+        if settings not in built:
+            built.clear()
+            built[settings] = build_controller(settings)
+        answer = handle(built[settings], event)
+        # Entities may hold what a caller said: the log keeps the outcome, not the message.
+        logger.info("control action", extra={k: v for k, v in answer.items() if k != "message"})
+        return answer
+
+    return handler

@@ -1,0 +1,133 @@
+"""The control API on the API Gateway path, against moto: actions reach the client in seq order
+with the replies, invalid actions change nothing and say why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from audiohook.aws.control import Controller, build_controller, handle
+from audiohook.records import LifecycleRecord, decode_record
+from conftest import DOMAIN, STAGE, Client, open_parameters
+
+CONVERSATION = "090eaa2f-72fa-480a-83e0-8667ff89c0ec"
+PARTICIPANT = "883efee8-3d6c-4537-b500-6d7ca4b92fa0"
+UNKNOWN = "e160e428-53e2-487c-977d-96989bf5c99d"
+
+
+@pytest.fixture
+def controller(aws, service) -> Controller:
+    settings = replace(aws.settings, connections_endpoint=f"https://{DOMAIN}/{STAGE}")
+    return build_controller(settings, dynamodb=aws.dynamodb, kinesis=aws.kinesis)
+
+
+@pytest.fixture
+def live(client: Client) -> Client:
+    client.connect()
+    client.send(client.message("open", open_parameters(CONVERSATION, PARTICIPANT)))
+    client.serverseq = 1
+    return client
+
+
+def server(type: str, seq: int, clientseq: int, session_id: str, parameters: dict | None = None) -> dict:
+    return {"version": "2", "type": type, "seq": seq, "clientseq": clientseq, "id": session_id,
+            "parameters": parameters or {}}
+
+
+def lifecycle(aws) -> list[LifecycleRecord]:
+    return [r for r in map(decode_record, aws.stream_records()) if isinstance(r, LifecycleRecord)]
+
+
+def test_pause_and_resume_reach_the_client_numbered_with_the_replies(aws, controller, live):
+    sid = live.session_id
+    live.send(live.message("ping"))
+    paused = controller.pause(sid)
+    assert (paused.delivered, paused.code, paused.state) == (True, "delivered", "ACTIVE")
+    assert paused.message == server("pause", 3, 2, sid)
+    live.send(live.message("paused", serverseq=3))
+    resumed = controller.resume(sid)
+    assert resumed.message == server("resume", 4, 3, sid)
+    live.send(live.message("resumed", {"start": "PT0S", "discarded": "PT1S"}, serverseq=4))
+    live.send(live.message("ping", serverseq=4))
+    assert aws.posted(live.connection.connection_id) == [
+        server("opened", 1, 1, sid, {"startPaused": False, "media": [open_parameters()["media"][0]]}),
+        server("pong", 2, 2, sid),
+        server("pause", 3, 2, sid),
+        server("resume", 4, 3, sid),
+        server("pong", 5, 5, sid),
+    ]
+    events = [(r.event, r.data.get("initiator")) for r in lifecycle(aws)]
+    assert events == [("opened", None), ("pausing", None), ("paused", "server"), ("resuming", None),
+                      ("resumed", "server")]
+
+
+def test_event_is_posted_and_written_to_the_stream(aws, controller, live):
+    entities = [{"type": "sentiment", "data": {"score": 0.4}}]
+    result = controller.send_event(live.session_id, entities)
+    assert result.delivered and result.message == server("event", 2, 1, live.session_id, {"entities": entities})
+    assert lifecycle(aws)[-1].event == "event" and lifecycle(aws)[-1].data == {"seq": 2, "entities": entities}
+
+
+def test_invalid_actions_say_why_and_change_nothing(aws, controller, live):
+    before = aws.dynamodb.scan(TableName=aws.settings.sessions_table)["Items"]
+    unknown = controller.pause(UNKNOWN)
+    assert (unknown.delivered, unknown.code, unknown.reason) == (
+        False, "unknown_session", f"no live session {UNKNOWN} in the sessions table")
+    wrong = controller.resume(live.session_id)
+    assert (wrong.code, wrong.reason, wrong.state) == (
+        "wrong_state", "cannot resume: the session is not paused by the server", "ACTIVE")
+    bad = controller.send_event(live.session_id, [{"type": "transcript", "data": {"id": "x"}}])
+    assert (bad.code, bad.reason) == ("bad_entity", "entities[0] (transcript): data.id: String should match "
+                                                    "pattern '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                                                    "[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'")
+    big = controller.send_event(live.session_id, [{"type": "blob", "data": {"t": "x" * 70000}}])
+    assert big.code == "oversize_event" and not big.delivered
+    assert aws.dynamodb.scan(TableName=aws.settings.sessions_table)["Items"] == before
+    assert len(aws.posted(live.connection.connection_id)) == 1  # only opened
+
+
+def test_disconnect_then_the_close_transaction_and_no_action_after_it(aws, controller, live):
+    sid = live.session_id
+    result = controller.disconnect(sid, "completed", "business rule")
+    assert result.message == server("disconnect", 2, 1, sid, {"reason": "completed", "info": "business rule"})
+    assert result.state == "CLOSING"
+    live.send(live.message("close", {"reason": "disconnect"}, serverseq=2))
+    assert aws.posted(live.connection.connection_id)[-1] == server("closed", 3, 2, sid)
+    late = controller.reconnect(sid)
+    assert (late.code, late.reason, late.state) == ("wrong_state", "cannot reconnect: the session is CLOSED",
+                                                    "CLOSED")
+
+
+def test_the_lambda_payload_runs_the_same_actions_and_finds_sessions_by_conversation(aws, controller, live):
+    sid = live.session_id
+    found = handle(controller, {"action": "lookup", "conversationId": CONVERSATION})
+    assert found == {"action": "lookup", "sessions": [{
+        "sessionId": sid, "connectionId": live.connection.connection_id, "conversationId": CONVERSATION,
+        "state": "ACTIVE", "owner": None}]}
+    answer = handle(controller, {"action": "reconnect", "sessionId": sid, "info": "moving"})
+    assert answer == {"action": "reconnect", "sessionId": sid, "delivered": True, "code": "delivered",
+                      "reason": "posted to the client", "state": "ACTIVE",
+                      "message": server("reconnect", 2, 1, sid, {"info": "moving"})}
+    assert handle(controller, {"action": "pause"})["reason"] == "pause needs a sessionId"
+    assert handle(controller, {"action": "shout", "sessionId": sid})["reason"] == (
+        "action: Input should be 'pause', 'resume', 'event', 'disconnect', 'reconnect' or 'lookup'")
+    assert json.dumps(handle(controller, {"action": "disconnect", "sessionId": sid, "reason": "bored"}))
+
+
+def test_a_session_is_found_whatever_the_case_of_its_id(aws, controller, live):
+    location = controller.directory.find(live.session_id.upper())
+    assert location is not None and location.session_id == live.session_id
+
+
+def test_the_directory_says_what_a_continuing_open_needs_checked(aws, controller, live):
+    from audiohook.session import ContinuedSessionInfo
+    from conftest import ORG_ID
+
+    live.send(live.message("ping"))
+    assert controller.directory.continued([live.session_id, UNKNOWN]) == {
+        live.session_id: ContinuedSessionInfo(live.session_id, ORG_ID, CONVERSATION, seq=2, clientseq=2,
+                                              state="ACTIVE"),
+        UNKNOWN: None,
+    }
