@@ -41,6 +41,11 @@ class Settings:
     lease_ms: int = 15000
     mailbox_bytes: int = 128 * 1024
     session_ttl_s: int = 3 * 24 * 3600
+    # Lambda path: a session whose connection is this old gets one `reconnect` ("connection
+    # limit") from the next lease holder, before API Gateway cuts it at 2 hours (docs/control.md).
+    reconnect_after_s: int = 6900
+    # Control function: how long it waits for the lease holder to apply an action it parked.
+    control_wait_ms: int = 5000
     # Override of the @connections endpoint (local gateway); empty: https://<domainName>/<stage>.
     connections_endpoint: str = ""
     secrets_cache_s: int = 300
@@ -77,6 +82,8 @@ class Settings:
             lease_ms=_int(env, "LEASE_MS", defaults.lease_ms),
             mailbox_bytes=_int(env, "MAILBOX_BYTES", defaults.mailbox_bytes),
             session_ttl_s=_int(env, "SESSION_TTL_S", defaults.session_ttl_s),
+            reconnect_after_s=_int(env, "RECONNECT_AFTER_S", defaults.reconnect_after_s),
+            control_wait_ms=_int(env, "CONTROL_WAIT_MS", defaults.control_wait_ms),
             connections_endpoint=env.get("CONNECTIONS_ENDPOINT", defaults.connections_endpoint),
             secrets_cache_s=_int(env, "SECRETS_CACHE_S", defaults.secrets_cache_s),
             relay_port=_int(env, "RELAY_PORT", defaults.relay_port),

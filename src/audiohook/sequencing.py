@@ -17,9 +17,19 @@ applied now, in this order:
 - a flood: more than ``limit_bytes`` of inputs waiting for a missing predecessor (or a
   ``full`` marker, parked in place of an input the mailbox had no room for): one protocol
   error, after which the waiting inputs are applied as the core treats input after an error;
+- server actions (``pause``, ``resume``, ``event``, ``disconnect``, ``reconnect`` from the
+  control API) in mailbox order with audio, through :func:`~audiohook.session.act`: the
+  message takes the next server ``seq``; a :class:`~audiohook.session.Refused` changes nothing
+  and is kept in the step, so the holder can report it to the caller;
 - the end of the connection last: whatever is still waiting is applied in ``seq`` order
   (a real gap is reported), then :func:`~audiohook.session.finish` writes the final record.
   Nothing is applied after it.
+
+Two inputs come from the holder rather than the mailbox: for an ``open`` that lists
+``continuedSessions``, what the front found for those sessions (``continued``, looked up
+before draining: see :func:`continued_ids`); and the connection's age: once ``now_s`` reaches
+``reconnect_at_s`` (API Gateway cuts connections after 2 hours), one ``reconnect`` is applied
+after the inputs, so the client moves the call to a new connection in time.
 
 See docs/sequencing.md for the protocol between invocations (lease, park, release).
 """
@@ -28,12 +38,35 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from audiohook.protocol import ClientMessage, Violation, parse_client_message
-from audiohook.session import Outcome, Policy, Session, State, finish, protocol_error, receive, receive_audio
+from audiohook.session import (
+    OPEN_STATES,
+    ContinuedLookup,
+    Disconnect,
+    Outcome,
+    Pause,
+    Policy,
+    Reconnect,
+    Refused,
+    Resume,
+    SendEvent,
+    ServerAction,
+    Session,
+    State,
+    act,
+    continued_session_ids,
+    finish,
+    protocol_error,
+    receive,
+    receive_audio,
+)
+
+CONNECTION_LIMIT = "connection limit"  # the info of the reconnect sent before API Gateway's 2 h cut
+LIMIT_TOKEN = "connection-limit"  # the token of that reconnect's entry (no caller waits for it)
 
 RECENT_DIGESTS = 8
 
@@ -59,7 +92,7 @@ class Entry(BaseModel):
 
     model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
-    kind: Literal["text", "audio", "full", "end"]
+    kind: Literal["text", "audio", "full", "end", "action"]
     at_ms: int
     token: str | None = None  # the parking invocation's own: no two entries are equal
     seq: int | None = None  # text: the message's seq when readable; full: the refused message's
@@ -69,6 +102,7 @@ class Entry(BaseModel):
     audio: bytes | None = None
     status_code: int | None = None  # end: $disconnect's status and reason
     reason: str | None = None
+    action: dict[str, Any] | None = None  # action: the server action (see :func:`action_data`)
 
     @classmethod
     def of_text(cls, text: str, at_ms: int) -> "Entry":
@@ -84,6 +118,15 @@ class Entry(BaseModel):
     @classmethod
     def of_end(cls, at_ms: int, status_code: int | None, reason: str | None) -> "Entry":
         return cls(kind="end", at_ms=at_ms, status_code=status_code, reason=reason)
+
+    @classmethod
+    def of_action(cls, action: ServerAction, at_ms: int, token: str) -> "Entry":
+        """A server action from the control API; ``token`` names its result (the caller's own)."""
+        return cls(kind="action", at_ms=at_ms, token=token, action=action_data(action))
+
+    def server_action(self) -> ServerAction | Refused:
+        assert self.action is not None
+        return server_action(self.action)
 
     @classmethod
     def of_full(cls, refused: "Entry") -> "Entry":
@@ -107,6 +150,43 @@ class Entry(BaseModel):
         return Violation(self.info or "unreadable message", self.seq)
 
 
+def action_data(action: ServerAction) -> dict[str, Any]:
+    """A server action as JSON data (what an ``action`` entry stores)."""
+    data: dict[str, Any] = {"name": action.name}
+    if isinstance(action, SendEvent):
+        data["entities"] = list(action.entities) if isinstance(action.entities, (list, tuple)) else action.entities
+    elif isinstance(action, Disconnect):
+        data |= {"reason": action.reason, "info": action.info}
+    elif isinstance(action, Reconnect):
+        data["info"] = action.info
+    return data
+
+
+def server_action(data: dict[str, Any]) -> ServerAction | Refused:
+    """The inverse of :func:`action_data`; a Refused for data no action reads."""
+    name = data.get("name")
+    if name == "pause":
+        return Pause()
+    if name == "resume":
+        return Resume()
+    if name == "event":
+        return SendEvent(data.get("entities", []))
+    if name == "disconnect":
+        return Disconnect(data.get("reason", "completed"), data.get("info"))
+    if name == "reconnect":
+        return Reconnect(data.get("info"))
+    return Refused("bad_request", f"unknown action {name!r}")
+
+
+def continued_ids(session: Session, entries: list[Entry]) -> list[str]:
+    """The sessions an ``open`` waiting in ``entries`` continues: what the holder looks up and
+    passes to :func:`drain` as ``continued`` (nothing once the session is opened)."""
+    if session.state is not State.PREPARING:
+        return []
+    return [session_id for entry in entries if entry.kind == "text" and entry.text is not None
+            for session_id in continued_session_ids(parse_client_message(entry.text))]
+
+
 @dataclass
 class Step:
     """One entry applied (or dropped), in the order it happened."""
@@ -116,6 +196,7 @@ class Step:
     audio_position: int | None = None  # accepted audio: its first sample's position
     duplicate: bool = False
     after_end: bool = False  # arrived once the session had ended: dropped, nothing recorded
+    refused: Refused | None = None  # an action the core refused (nothing changed)
 
 
 @dataclass
@@ -138,7 +219,8 @@ def flood_info(session: Session, waiting: list[Entry], limit_bytes: int) -> str:
 
 
 def drain(session: Session, recent: dict[str, str], entries: list[Entry], policy: Policy, now_s: float,
-          *, gap_wait_ms: int, limit_bytes: int) -> Drained:
+          *, gap_wait_ms: int, limit_bytes: int, continued: ContinuedLookup | None = None,
+          reconnect_at_s: float | None = None) -> Drained:
     """Apply every entry that may be applied now (see the module docstring); ``session`` is mutated."""
     steps: list[Step] = []
     pending = list(entries)
@@ -147,7 +229,7 @@ def drain(session: Session, recent: dict[str, str], entries: list[Entry], policy
 
     def apply_text(entry: Entry) -> None:
         nonlocal recent
-        outcome = receive(session, entry.message(), policy, now_s)
+        outcome = receive(session, entry.message(), policy, now_s, continued)
         if entry.seq is not None and session.clientseq == entry.seq and entry.digest is not None:
             recent = remember(recent, entry.seq, entry.digest)
         steps.append(Step(entry, outcome))
@@ -162,6 +244,13 @@ def drain(session: Session, recent: dict[str, str], entries: list[Entry], policy
             position = session.position
             problem = receive_audio(session, len(entry.audio))
             steps.append(Step(entry, problem or Outcome(), None if problem else position))
+        elif entry.kind == "action":
+            action = entry.server_action()
+            outcome = action if isinstance(action, Refused) else act(session, action)
+            if isinstance(outcome, Refused):
+                steps.append(Step(entry, refused=outcome))
+            else:
+                steps.append(Step(entry, outcome))
         elif entry.kind == "full":
             steps.append(Step(entry, protocol_error(session, flood_info(session, pending, limit_bytes))))
 
@@ -193,6 +282,11 @@ def drain(session: Session, recent: dict[str, str], entries: list[Entry], policy
             # A real gap: the predecessor never came. The core names it in its protocol error.
             pending.remove(waiting[0])
             apply(waiting[0])
+            continue
+        if (reconnect_at_s is not None and now_s >= reconnect_at_s and not ended
+                and session.state in OPEN_STATES and session.reconnect_seq is None):
+            # The connection is about to reach API Gateway's limit: move the call, once.
+            apply(Entry.of_action(Reconnect(CONNECTION_LIMIT), now_ms, LIMIT_TOKEN))
             continue
         if end is not None:
             pending.remove(end)

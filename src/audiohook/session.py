@@ -549,6 +549,13 @@ def act(session: Session, action: ServerAction) -> Outcome | Refused:
     return Outcome([message], [Lifecycle(_OUTBOUND_RECORD[action.name], data)])
 
 
+def action_message(session_id: str, action: ServerAction, seq: int, clientseq: int) -> ServerMessage:
+    """The message :func:`act` sent for ``action`` as ``seq`` (rebuilt from what a front stored)."""
+    parameters = _parameters(action)
+    assert not isinstance(parameters, Refused)
+    return server_message(action.name, session_id=session_id, seq=seq, clientseq=clientseq, parameters=parameters)
+
+
 def disconnect(session: Session, reason: str, info: str | None = None) -> Outcome:
     """Server-initiated end of session (e.g. the relay draining); nothing once it is not open."""
     outcome = act(session, Disconnect(reason, info))

@@ -4,12 +4,16 @@ with the replies, invalid actions change nothing and say why."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import replace
 
 import pytest
 
 from audiohook.aws.control import Controller, build_controller, handle
+from audiohook.aws.store import RESULTS_KEPT
 from audiohook.records import LifecycleRecord, decode_record
+from audiohook.sequencing import CONNECTION_LIMIT
 from conftest import DOMAIN, STAGE, Client, open_parameters
 
 CONVERSATION = "090eaa2f-72fa-480a-83e0-8667ff89c0ec"
@@ -70,8 +74,14 @@ def test_event_is_posted_and_written_to_the_stream(aws, controller, live):
     assert lifecycle(aws)[-1].event == "event" and lifecycle(aws)[-1].data == {"seq": 2, "entities": entities}
 
 
+def items(aws) -> list[dict]:
+    """The table, less the release counter (a refused action still takes and releases the lease)."""
+    return [{k: v for k, v in item.items() if k != "version"}
+            for item in aws.dynamodb.scan(TableName=aws.settings.sessions_table)["Items"]]
+
+
 def test_invalid_actions_say_why_and_change_nothing(aws, controller, live):
-    before = aws.dynamodb.scan(TableName=aws.settings.sessions_table)["Items"]
+    before = items(aws)
     unknown = controller.pause(UNKNOWN)
     assert (unknown.delivered, unknown.code, unknown.reason) == (
         False, "unknown_session", f"no live session {UNKNOWN} in the sessions table")
@@ -84,7 +94,8 @@ def test_invalid_actions_say_why_and_change_nothing(aws, controller, live):
                                                     "[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$'")
     big = controller.send_event(live.session_id, [{"type": "blob", "data": {"t": "x" * 70000}}])
     assert big.code == "oversize_event" and not big.delivered
-    assert aws.dynamodb.scan(TableName=aws.settings.sessions_table)["Items"] == before
+    assert big.reason == "the event message would be 70156 bytes; the limit is 65536"
+    assert items(aws) == before
     assert len(aws.posted(live.connection.connection_id)) == 1  # only opened
 
 
@@ -131,3 +142,98 @@ def test_the_directory_says_what_a_continuing_open_needs_checked(aws, controller
                                               state="ACTIVE"),
         UNKNOWN: None,
     }
+
+
+def test_an_action_parked_behind_a_busy_holder_is_applied_and_posted_by_it_in_seq_order(aws, service, live):
+    """The control call parks its action while a $default invocation holds the lease; the holder
+    applies it after the ping, posts pong then pause, and writes the result the call reads back."""
+    settings = replace(aws.settings, connections_endpoint=f"https://{DOMAIN}/{STAGE}")
+    controller = build_controller(settings, dynamodb=aws.dynamodb, kinesis=aws.kinesis)
+    inner = controller.api_gateway.service.poster_for(None)  # posts through @connections (moto)
+    answers = []
+
+    class ActionDuringThePost:
+        calls = 0
+
+        def post_all(self, connection_id, texts):
+            if not answers:
+                answers.append(None)
+                thread = threading.Thread(target=lambda: answers.append(controller.pause(live.session_id)))
+                thread.start()
+                while not json.loads(item(aws, live)["mailbox"]["L"][-1]["S"]).get("kind") == "action":
+                    time.sleep(0.005)  # the test waits for the parked action, not the code under test
+            return inner.post_all(connection_id, texts)
+
+    service.poster_for = lambda _event: ActionDuringThePost()
+    live.send(live.message("ping"))
+    deadline = time.time() + 5
+    while len(answers) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    paused = answers[1]
+    assert (paused.delivered, paused.code, paused.message) == (True, "delivered", server("pause", 3, 2, live.session_id))
+    assert [m["type"] for m in aws.posted(live.connection.connection_id)] == ["opened", "pong", "pause"]
+    stored = item(aws, live)
+    assert (stored["mailbox"], stored["leaseUntil"], stored["seq"]) == ({"L": []}, {"N": "0"}, {"N": "3"})
+    assert len(stored["results"]["M"]) == 1  # the parked action's result, for its caller
+
+
+def test_results_kept_in_the_item_are_bounded():
+    from audiohook.aws.store import keep_results
+
+    results: dict[str, str] = {}
+    for n in range(RESULTS_KEPT + 5):
+        results = keep_results(results, {f"t{n}": {"code": "delivered"}}, now_ms=1_000_000 + n)
+    assert sorted(results) == sorted(f"t{n}" for n in range(5, RESULTS_KEPT + 5))
+    assert keep_results(results, {"late": {"code": "gone"}}, now_ms=2_000_000) == {
+        "late": '{"code":"gone","at":2000000}'}
+
+
+def test_an_uncontended_action_costs_two_dynamodb_calls_and_one_post(aws, controller, live):
+    store, poster = controller.api_gateway.service.store, controller.api_gateway.service.poster_for(None)
+    before_store, before_posts, before_lookup = store.calls, poster.calls, controller.directory.calls
+    assert controller.pause(live.session_id).delivered
+    assert (store.calls - before_store, poster.calls - before_posts, controller.directory.calls - before_lookup) == (
+        2, 1, 2)  # TAKE + RELEASE, the post; the marker and the connection's item to find the session
+
+
+def test_a_connection_near_api_gateways_limit_gets_one_reconnect_with_the_next_input(aws, live):
+    """API Gateway cuts a connection after 2 hours: past RECONNECT_AFTER_S, the holder moves it."""
+    from audiohook.aws.wiring import build_service
+
+    later = time.time() + 61
+    service = build_service(replace(aws.settings, reconnect_after_s=60), dynamodb=aws.dynamodb, kinesis=aws.kinesis)
+    service.clock = lambda: later
+    live.service = service
+    sid = live.session_id
+    live.send(live.message("ping"))
+    live.send(live.message("ping"))
+    assert aws.posted(live.connection.connection_id)[1:] == [
+        server("pong", 2, 2, sid), server("reconnect", 3, 2, sid, {"info": CONNECTION_LIMIT}), server("pong", 4, 3, sid)]
+    assert [(r.event, r.data) for r in lifecycle(aws)][-1] == ("reconnecting", {"seq": 3, "info": CONNECTION_LIMIT})
+
+
+def test_a_continuing_open_is_checked_against_the_session_it_continues(aws, controller, service, live):
+    old = live.session_id
+    assert controller.reconnect(old, "moving").delivered
+    new = Client(service)
+    new.connect()
+    continuing = open_parameters(CONVERSATION, PARTICIPANT) | {
+        "continuedSessions": [{"id": old, "serverseq": 2, "clientseq": 1}]}
+    new.send(new.message("open", continuing))
+    assert aws.posted(new.connection.connection_id)[0]["type"] == "opened"
+    opened = next(r for r in lifecycle(aws) if r.event == "opened" and r.session_id == new.session_id)
+    assert opened.data["continuedSessions"] == [{"id": old, "serverseq": 2, "clientseq": 1, "verified": True}]
+
+    other = Client(service)
+    other.connect()
+    elsewhere = open_parameters("5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b", PARTICIPANT) | {
+        "continuedSessions": [{"id": old, "serverseq": 2, "clientseq": 1}]}
+    other.send(other.message("open", elsewhere))
+    assert aws.posted(other.connection.connection_id) == [server("disconnect", 1, 1, other.session_id, {
+        "reason": "error", "info": f"open.parameters.continuedSessions[0].id {old} belongs to conversation "
+                                   f"{CONVERSATION}, not 5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b"})]
+
+
+def item(aws, client: Client) -> dict:
+    return aws.dynamodb.get_item(TableName=aws.settings.sessions_table,
+                                 Key={"pk": {"S": f"conn#{client.connection.connection_id}"}})["Item"]

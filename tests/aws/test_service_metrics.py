@@ -3,8 +3,6 @@ this code; the relay adds its own counters, tests/relay/test_relay_metrics.py)."
 
 from __future__ import annotations
 
-import uuid
-
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
 
 from audiohook.aws.service import Counters
@@ -33,10 +31,13 @@ def test_an_audio_frame_counts_frames_bytes_and_its_ack_delay(service):
 
 
 def test_a_session_continuing_another_is_a_reconnect(service):
+    first = Client(service)
+    first.connect()
+    first.send(first.message("open", CALL))
     counts = counting(service)
     client = Client(service)
     client.connect()
-    continued = [{"id": str(uuid.uuid4()), "serverseq": 4, "clientseq": 5}]
+    continued = [{"id": first.session_id, "serverseq": 1, "clientseq": 1}]
     client.send(client.message("open", CALL | {"continuedSessions": continued}))
     assert counts.counts["Reconnects"] == 1 and counts.counts["CallSessions"] == 1
 

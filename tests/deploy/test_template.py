@@ -311,7 +311,12 @@ def test_sessions_table(resources: dict[str, Any]) -> None:
     (table,) = _of_type(resources, "AWS::DynamoDB::Table").values()
     props = table["Properties"]
     assert props["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
-    assert props["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert props["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"},
+                                             {"AttributeName": "conversationId", "AttributeType": "S"}]
+    # The control API finds a conversation's sessions without a Scan; keys only.
+    assert props["GlobalSecondaryIndexes"] == [{
+        "IndexName": "conversation", "KeySchema": [{"AttributeName": "conversationId", "KeyType": "HASH"}],
+        "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["connectionId"]}}]
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
@@ -381,10 +386,14 @@ def test_least_privilege_per_function(resources: dict[str, Any]) -> None:
     stream = {"Fn::GetAtt": ["AudioStream", "Arn"]}
     expected_dynamodb = {
         "ConnectFunction": {"dynamodb:PutItem", "dynamodb:DeleteItem"},
-        "MessageFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
-        "DisconnectFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem"},
-        "ControlFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"},
+        # GetItem: the sessions an open continues (continuedSessions), looked up by the lease holder.
+        "MessageFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:GetItem"},
+        "DisconnectFunction": {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:GetItem"},
+        # The Control function enters the mailbox like $default (and may hold the lease); Query
+        # only on the conversation index.
+        "ControlFunction": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"},
     }
+    index = {"Fn::Sub": "${SessionsTable.Arn}/index/conversation"}
     # $connect only verifies the caller; records are written once a session exists.
     expected_kinesis = {"ConnectFunction": set(), "MessageFunction": {"kinesis:PutRecords"},
                         "DisconnectFunction": {"kinesis:PutRecords"}, "ControlFunction": {"kinesis:PutRecords"}}
@@ -392,7 +401,7 @@ def test_least_privilege_per_function(resources: dict[str, Any]) -> None:
         grants = _grants(resources, function)
         dynamodb = {a for a in grants if a.startswith("dynamodb:")}
         assert dynamodb == expected_dynamodb[function], function
-        assert all(grants[a] == [table] for a in dynamodb)
+        assert all(grants[a] == ([index] if a == "dynamodb:Query" else [table]) for a in dynamodb)
         kinesis = {a for a in grants if a.startswith("kinesis:")}
         assert kinesis == expected_kinesis[function], function
         assert all(grants[a] == [stream] for a in kinesis)

@@ -4,10 +4,11 @@ reconnect), with IAM permission only.
 The session state machine decides (``audiohook.session.act``); this module finds the session
 (:class:`SessionDirectory`) and hands the action to the front that holds it (:class:`Front`):
 
-- the API Gateway front (:class:`LambdaFront`): the action is applied to the stored session
-  after every earlier server message was delivered, saved with the same optimistic lock as a
-  client message, then posted through @connections, so it takes the next ``seq`` and reaches
-  the client in ``seq`` order with the replies of concurrent ``$default`` invocations;
+- the API Gateway front (:class:`LambdaFront`): the action goes into the connection's mailbox
+  like a client input (docs/sequencing.md); the lease holder applies it with ``act`` in
+  mailbox order, so it takes the next ``seq`` and is posted in ``seq`` order with the replies
+  of concurrent ``$default`` invocations, and writes its result into the session item, where
+  the control call reads it back;
 - a relay task (the session item names its owner): the action goes to that task over its
   private control listener (docs/control.md); until a relay front is configured, the result
   says the session is unreachable.
@@ -23,6 +24,7 @@ and why not. Example::
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal, Protocol, Sequence
@@ -31,6 +33,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEven
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from audiohook.aws.service import AudioHookService
+from audiohook.aws.store import CONVERSATION_INDEX
 from audiohook.config import Settings
 from audiohook.protocol import Uuid
 from audiohook.session import (
@@ -38,17 +41,16 @@ from audiohook.session import (
     Disconnect,
     Pause,
     Reconnect,
-    Refused,
     Resume,
     SendEvent,
     ServerAction,
     Session,
-    act,
+    action_message,
 )
 
 ResultCode = Literal[
     "delivered", "unknown_session", "wrong_state", "oversize_event", "bad_entity", "bad_request", "gone",
-    "unreachable",
+    "unreachable", "pending", "busy", "post_failed",
 ]
 
 
@@ -105,12 +107,12 @@ def _location(item: dict[str, Any]) -> SessionLocation | None:
 
 
 class SessionDirectory:
-    """Finds sessions in the sessions table.
+    """Finds sessions in the sessions table, without a Scan.
 
     By session id: the ``session#<id>`` marker item (written at ``$connect``, it names the
-    connection), then the connection's item. Tables without markers are scanned on the
-    ``sessionId`` attribute. By conversation id: a scan of the session items (the conversation
-    is only known once ``open`` arrived); a deployment with many live sessions adds a GSI.
+    connection), then the connection's item. By conversation id: a Query of the
+    ``conversation`` index (``conversationId`` is written once ``open`` was applied; probes,
+    which all share the null conversation id, are not indexed).
     """
 
     def __init__(self, dynamodb: Any, table: str) -> None:
@@ -121,18 +123,16 @@ class SessionDirectory:
     def _connection_item(self, connection_id: str) -> dict[str, Any] | None:
         self.calls += 1
         return self._client.get_item(TableName=self._table, Key={"pk": {"S": f"conn#{connection_id}"}},
-                                     ConsistentRead=True).get("Item")
+                                     ConsistentRead=True, ProjectionExpression="#s, connectionId, #o",
+                                     ExpressionAttributeNames={"#s": "session", "#o": "owner"}).get("Item")
 
     def _session_item(self, session_id: str) -> dict[str, Any] | None:
-        for candidate in dict.fromkeys((session_id, session_id.lower())):
+        for candidate in dict.fromkeys((session_id.lower(), session_id)):
             self.calls += 1
             marker = self._client.get_item(TableName=self._table, Key={"pk": {"S": f"session#{candidate}"}},
                                            ConsistentRead=True).get("Item")
             if marker and "connectionId" in marker:
                 return self._connection_item(marker["connectionId"]["S"])
-        for item in self._scan("sessionId IN (:a, :b)", {":a": {"S": session_id}, ":b": {"S": session_id.lower()}}):
-            if _location(item) is not None:
-                return item
         return None
 
     def find(self, session_id: str) -> SessionLocation | None:
@@ -156,23 +156,24 @@ class SessionDirectory:
         return found
 
     def by_conversation(self, conversation_id: str) -> list[SessionLocation]:
+        """The conversation's sessions (the index is eventually consistent: a session opened
+        a moment ago may be missing)."""
         found = []
-        for item in self._scan("begins_with(pk, :conn)", {":conn": {"S": "conn#"}}):
-            location = _location(item)
-            if location and (location.conversation_id or "").lower() == conversation_id.lower():
-                found.append(location)
-        return found
-
-    def _scan(self, condition: str, values: dict[str, Any]) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"TableName": self._table, "FilterExpression": condition,
-                                  "ExpressionAttributeValues": values, "ConsistentRead": True}
+        kwargs: dict[str, Any] = {
+            "TableName": self._table, "IndexName": CONVERSATION_INDEX,
+            "KeyConditionExpression": "conversationId = :c",
+            "ExpressionAttributeValues": {":c": {"S": conversation_id.lower()}},
+        }
         while True:
             self.calls += 1
-            page = self._client.scan(**kwargs)
-            items += page.get("Items", [])
+            page = self._client.query(**kwargs)
+            for key in page.get("Items", []):
+                item = self._connection_item(key["connectionId"]["S"])
+                location = _location(item) if item else None
+                if location is not None:
+                    found.append(location)
             if "LastEvaluatedKey" not in page:
-                return items
+                return sorted(found, key=lambda location: location.session_id)
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
@@ -180,15 +181,18 @@ _NO_EVENT = APIGatewayWebSocketEvent({})
 
 
 class LambdaFront:
-    """The API Gateway front: apply through the stored session, post through @connections.
+    """The API Gateway front: the action goes through the connection's mailbox.
 
-    The action waits (bounded) until every server message already numbered was posted, so
-    its own post cannot overtake a reply still in flight; then it is applied and saved under
-    the item's optimistic lock (a concurrent ``$default`` invocation makes it reload and
-    re-apply), posted, marked delivered, and its lifecycle record written.
+    It enters the mailbox like a ``$default`` input (docs/sequencing.md). Free session: this
+    call takes the lease, applies everything waiting and its own action in mailbox order, posts
+    and releases, and knows its result. Busy session: the action is parked, the lease holder
+    applies and posts it and writes its result into the session item under the action's token;
+    this call reads it back (one consistent GetItem of that entry per try) for at most
+    ``wait_s``. Unlike ``$default``, the Control function may wait: it holds no lease and
+    nobody waits for it (docs/control.md).
     """
 
-    def __init__(self, service: AudioHookService, *, wait_s: float = 3.0,
+    def __init__(self, service: AudioHookService, *, wait_s: float = 5.0,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         self.service = service
         self._wait_s = wait_s
@@ -196,32 +200,44 @@ class LambdaFront:
         self._sleep = sleep
 
     def apply(self, location: SessionLocation, action: ServerAction) -> ControlResult:
-        store = self.service.store
+        token = secrets.token_hex(8)
+        routed = self.service.control(location.connection_id, action, token)
+        value = routed.actions.get(token)
+        if value is None and routed.dropped:
+            return ControlResult(action.name, location.session_id, False, "busy",
+                                 "the session's mailbox is full (the client is far ahead of a missing message); "
+                                 "nothing was sent", location.state)
+        if value is None and not routed.parked:
+            return ControlResult(action.name, location.session_id, False, "unknown_session",
+                                 "the session's connection is gone")
+        if value is None:
+            value = self._wait_for(location, token)
+        if value is None:
+            return ControlResult(action.name, location.session_id, False, "pending",
+                                 f"the action waits in the session's mailbox after {self._wait_s:g} s: the "
+                                 "connection's next input applies it", location.state)
+        message = None
+        if value.get("seq") is not None:
+            message = json.loads(action_message(location.session_id, action, value["seq"], value["clientseq"])
+                                 .to_json())
+        return ControlResult(action.name, location.session_id, bool(value["delivered"]), value["code"],
+                             value["reason"], value.get("state"), message)
+
+    def _wait_for(self, location: SessionLocation, token: str) -> dict[str, Any] | None:
+        """The result the lease holder writes for ``token``; None when it took longer than the bound."""
         deadline = self._clock() + self._wait_s
-        delay = 0.02
+        delay = 0.01
         while True:
-            stored = store.load(location.connection_id)
-            if stored is None:
-                return ControlResult(action.name, location.session_id, False, "unknown_session",
-                                     "the session's connection is gone")
-            if stored.delivered < stored.session.seq and self._clock() < deadline:
-                self._sleep(delay)
-                delay = min(delay * 2, 0.2)
-                continue
-            outcome = act(stored.session, action)
-            if isinstance(outcome, Refused):
-                return ControlResult(action.name, location.session_id, False, outcome.code, outcome.reason,
-                                     outcome.state or stored.session.state.value)
-            if store.save(stored):
-                break
-        result = self.service.deliver(_NO_EVENT, stored, outcome)
-        message = json.loads(outcome.replies[0].to_json())
-        state = stored.session.state.value
-        if result.gone:
-            return ControlResult(action.name, location.session_id, False, "gone",
-                                 "the connection closed before the message could be posted", state, message)
-        return ControlResult(action.name, location.session_id, True, "delivered", "posted to the client", state,
-                             message)
+            value, exists = self.service.store.action_result(location.connection_id, token)
+            if value is not None:
+                return value
+            if not exists:
+                return {"code": "gone", "reason": "the connection closed before the action was applied",
+                        "delivered": False, "state": None}
+            if self._clock() >= deadline:
+                return None
+            self._sleep(min(delay, max(0.0, deadline - self._clock())))
+            delay = min(delay * 2, 0.1)
 
 
 class Controller:
@@ -278,7 +294,7 @@ def build_controller(settings: Settings | None = None, **clients: Any) -> Contro
     service.poster_for = lambda _event: poster
     dynamodb = clients.get("dynamodb") or client("dynamodb")
     return Controller(SessionDirectory(dynamodb, settings.sessions_table),
-                      LambdaFront(service, wait_s=settings.predecessor_wait_ms / 1000))
+                      LambdaFront(service, wait_s=settings.control_wait_ms / 1000))
 
 
 # --- the Control Lambda's payload ---------------------------------------------------------------

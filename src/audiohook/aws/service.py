@@ -23,21 +23,32 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Literal, Mapping, Protocol
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
 
 from audiohook import auth, sequencing
 from audiohook import metrics as M
-from audiohook.aws.store import PARKED, Held, SessionStore, StoredSession
+from audiohook.aws.store import PARKED, Held, SessionStore, StoredSession, keep_results
 from audiohook.aws.stream import PutOutcome
 from audiohook.config import Settings
 from audiohook.media import parse_preference
 from audiohook.protocol import parse_client_message
 from audiohook.records import AudioRecord, AudioRecordEncoder, decode_record, encode_lifecycle_record, gap_data
 from audiohook.sequencing import Entry
-from audiohook.session import Outcome, Policy, Session, finish, receive, receive_audio
+from audiohook.session import (
+    ContinuedSessionInfo,
+    Outcome,
+    Policy,
+    ServerAction,
+    Session,
+    State,
+    continued_session_ids,
+    finish,
+    receive,
+    receive_audio,
+)
 
 logger = Logger(service="audiohook")
 
@@ -91,6 +102,12 @@ class RouteResult:
     duplicate: bool = False
     gone: bool = False
     parked: bool = False  # the input waits in the mailbox; the lease holder applies it
+    dropped: bool = False  # a control action found the mailbox full: nothing was parked
+    # Control actions this invocation applied, by token: code, reason, state, delivered, seq, clientseq
+    actions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_NO_EVENT = APIGatewayWebSocketEvent({})  # a control action has no API Gateway event
 
 
 def _connection_id(event: APIGatewayWebSocketEvent) -> str:
@@ -217,14 +234,24 @@ class AudioHookService:
 
     # Lambda path ---------------------------------------------------------------------
 
-    def _through_mailbox(self, event: APIGatewayWebSocketEvent, connection_id: str, entry: Entry) -> RouteResult:
+    def control(self, connection_id: str, action: ServerAction, token: str) -> RouteResult:
+        """A control action through the connection's mailbox, in order with the client's inputs.
+
+        Holding the lease, this call applies it (and everything waiting) and ``actions[token]``
+        is its result; parked (``parked``), the holder applies it and writes its result into the
+        item under ``token`` (:meth:`SessionStore.action_result`)."""
+        entry = Entry.of_action(action, int(self.clock() * 1000), token)
+        return self._through_mailbox(_NO_EVENT, connection_id, entry, token)
+
+    def _through_mailbox(self, event: APIGatewayWebSocketEvent, connection_id: str, entry: Entry,
+                         owner: str | None = None) -> RouteResult:
         """Park ``entry``, or take the lease and apply everything waiting (docs/sequencing.md)."""
-        owner = secrets.token_hex(8)
+        owner = owner or secrets.token_hex(8)
         entry = entry.model_copy(update={"token": owner})  # no two entries are equal (retried PARKs)
         held = self.store.enter(
             connection_id, entry.to_json(), owner=owner, now_ms=int(self.clock() * 1000),
             lease_ms=self.settings.lease_ms, limit_bytes=self.settings.mailbox_bytes,
-            full_entry=Entry.of_full(entry).to_json(),
+            full_entry="" if entry.kind == "action" else Entry.of_full(entry).to_json(),
         )
         if held is None:
             logger.warning("input for an unknown connection ignored", extra={"connection_id": connection_id})
@@ -233,6 +260,8 @@ class AudioHookService:
             if held != PARKED:
                 logger.warning("mailbox full: input dropped", extra={"connection_id": connection_id})
                 self.metric(M.INPUTS_DROPPED)
+                if entry.kind == "action":
+                    return RouteResult(OK, dropped=True)
             return RouteResult(OK, parked=True)
         return self._hold(event, held, entry)
 
@@ -246,13 +275,24 @@ class AudioHookService:
         pending = [Entry.from_json(raw) for raw in held.mailbox]
         seen = len(held.mailbox)
         kept: list[str] = []
+        reconnect_at_s = (None if held.connected_at_ms is None
+                          else held.connected_at_ms / 1000 + self.settings.reconnect_after_s)
         while True:
+            ids = sequencing.continued_ids(held.session, pending)
             drained = sequencing.drain(held.session, held.recent, pending, self.policy, self.clock(),
                                        gap_wait_ms=self.settings.predecessor_wait_ms,
-                                       limit_bytes=self.settings.mailbox_bytes)
+                                       limit_bytes=self.settings.mailbox_bytes,
+                                       continued=self.continued(ids) if ids else None,
+                                       reconnect_at_s=reconnect_at_s)
             held.recent = drained.recent
             kept = [entry.to_json() for entry in drained.remaining]
             self._effects(event, held, drained, mine, result, log)
+            # For the callers that parked their action (this invocation's own caller has it).
+            new = {token: value for token, value in result.actions.items()
+                   if token not in held.results and token != mine.token}
+            if new:
+                held.results = keep_results(held.results, new, int(self.clock() * 1000))
+                held.new_results = True
             answer = self.store.release(held, mailbox=kept, seen=seen)
             if answer is True:
                 if any(step.entry.kind == "end" and step.outcome.lifecycle for step in drained.steps):
@@ -282,9 +322,14 @@ class AudioHookService:
         replies: list[str] = []
         records: list[bytes] = []
         encoder: AudioRecordEncoder | None = None
+        actions: dict[str, dict[str, Any]] = {}  # this round's control actions, by token
         for step in drained.steps:
             if step.entry == mine:
                 result.duplicate = step.duplicate
+            if step.entry.kind == "action":
+                self._action_step(step, session, actions, log)
+            if step.refused:
+                continue
             if step.duplicate:
                 logger.info("duplicate message ignored", extra=log | {"seq": step.entry.seq})
                 self.metric(M.DUPLICATE_MESSAGES)
@@ -308,26 +353,74 @@ class AudioHookService:
                 self.metric(M.AUDIO_BYTES, len(step.entry.audio))
                 self.metric(M.AUDIO_ACK_DELAY, max(0.0, self.clock() * 1000 - step.entry.at_ms))
             records += [self._lifecycle(session, item.event, item.data) for item in outcome.lifecycle]
+        posted = "gone"
         if replies and not drained.ended:
-            result.gone = not self._post(event, held.connection_id, replies, log)
+            posted = self._post(event, held.connection_id, replies, log)
+            result.gone = posted == "gone"
         elif replies:
             logger.info("connection gone; replies dropped", extra=log | {"count": len(replies)})
+        for value in actions.values():
+            if value["code"] == "delivered" and posted == "gone":
+                value |= {"code": "gone", "delivered": False,
+                          "reason": "the connection closed before the message could be posted"}
+            elif value["code"] == "delivered" and posted == "failed":
+                value |= {"code": "post_failed", "delivered": False,
+                          "reason": "posting to the connection failed (see the function's log)"}
+        result.actions |= actions
         if records:
             self._write(session, records)
 
+    @staticmethod
+    def _action_step(step: sequencing.Step, session: Session, actions: dict[str, dict[str, Any]],
+                     log: dict[str, Any]) -> None:
+        """The result of one control action, for its caller (see :meth:`control`)."""
+        token = step.entry.token
+        state = session.state.value
+        if step.refused is not None:
+            value = {"code": step.refused.code, "reason": step.refused.reason, "delivered": False,
+                     "state": step.refused.state or state}
+        elif step.after_end:
+            value = {"code": "gone", "reason": "the connection closed before the action was applied",
+                     "delivered": False, "state": state}
+        else:
+            message = step.outcome.replies[0]
+            value = {"code": "delivered", "reason": "posted to the client", "delivered": True, "state": state,
+                     "seq": message.seq, "clientseq": message.clientseq}
+        logger.info("control action applied", extra=log | {"action": (step.entry.action or {}).get("name"),
+                                                            "code": value["code"]})
+        if token is not None and token != sequencing.LIMIT_TOKEN:
+            actions[token] = value
+
+    def continued(self, session_ids: list[str]) -> dict[str, ContinuedSessionInfo | None] | None:
+        """What an ``open`` with ``continuedSessions`` needs checked, from the sessions table:
+        each listed session's identity and numbering, or None when no live session has the id
+        (None for all: the table could not be read)."""
+        found: dict[str, ContinuedSessionInfo | None] = {}
+        for session_id in session_ids:
+            try:
+                session = self.store.session_by_id(session_id)
+            except Exception:  # the open is accepted unverified (its opened record says so)
+                logger.exception("cannot look up a continued session", extra={"continued": session_id})
+                return None
+            found[session_id] = None if session is None else ContinuedSessionInfo(
+                session_id=session.session_id or session_id, organization_id=session.organization_id,
+                conversation_id=session.conversation_id, seq=session.seq, clientseq=session.clientseq,
+                state=session.state.value)
+        return found
+
     def _post(self, event: APIGatewayWebSocketEvent, connection_id: str, texts: list[str],
-              log: dict[str, Any]) -> bool:
-        """Post in order. False: the connection is gone. A failure is logged, never raised."""
+              log: dict[str, Any]) -> Literal["posted", "gone", "failed"]:
+        """Post in order; "gone": the connection is closed. A failure is logged, never raised."""
         try:
             delivered = self.poster_for(event).post_all(connection_id, texts)
         except Exception:
             logger.exception("posting to the connection failed", extra=log)
             self.metric(M.POST_FAILURES)
-            return True
+            return "failed"
         if not delivered:
             logger.info("connection gone; replies dropped", extra=log)
             self.metric(M.GONE_CONNECTIONS)
-        return delivered
+        return "posted" if delivered else "gone"
 
     def _account(self, connection_id: str, session: Session, outcome: Outcome, log: dict[str, Any]) -> None:
         if outcome.violation:
@@ -361,7 +454,9 @@ class AudioHookService:
         if stored is None:
             logger.warning("message for an unknown connection ignored", extra={"connection_id": connection_id})
             return RouteResult(OK)
-        outcome = receive(stored.session, parse_client_message(text), self.policy, self.clock())
+        message = parse_client_message(text)
+        ids = continued_session_ids(message) if stored.session.state is State.PREPARING else []
+        outcome = receive(stored.session, message, self.policy, self.clock(), self.continued(ids) if ids else None)
         if not self.store.save(stored):
             logger.error("session item changed by another writer; saved state may be stale",
                          extra=self._log(stored))
@@ -390,8 +485,8 @@ class AudioHookService:
         log = self._log(stored)
         self._account(stored.connection_id, stored.session, outcome, log)
         if outcome.replies:
-            result.gone = not self._post(event, stored.connection_id, [reply.to_json() for reply in outcome.replies],
-                                         log)
+            result.gone = self._post(event, stored.connection_id, [reply.to_json() for reply in outcome.replies],
+                                     log) == "gone"
             self.store.mark_delivered(stored.connection_id, stored.session.seq)
         self._emit(stored.session, outcome)
         return result

@@ -7,7 +7,11 @@ copies of ``state``/``seq``/``clientseq``/``sessionId`` for people reading the t
 (JSON digests of the last applied client messages), the mailbox of the Lambda path
 (``mailbox``: a list of :class:`~audiohook.sequencing.Entry` JSON strings, ``mailboxBytes``
 their total size, ``leaseUntil`` epoch ms and ``leaseOwner``; see docs/sequencing.md) and
-``expiresAt`` (TTL).
+``expiresAt`` (TTL), ``connectedAt`` (epoch ms of ``$connect``), ``conversationId`` once the
+session is opened (not for probes; the ``conversation`` index finds a conversation's sessions
+without a Scan) and ``results``: the results of the control actions the lease holders
+applied, keyed by each action's token (a map of JSON strings, the last ``RESULTS_KEPT`` of
+the last ``RESULTS_KEEP_MS``), read back by the control function that parked the action.
 
 Session-id marker ``session#<sessionId>``: ``connectionId`` of the connection that holds the
 id while it is live, ``expiresAt`` (TTL). Nonce item ``nonce#<nonce>``: only ``expiresAt``.
@@ -25,6 +29,9 @@ from audiohook.session import Session
 PARKED = "parked"  # SessionStore.enter: the input waits in the mailbox of a busy session
 DROPPED = "dropped"  # SessionStore.enter: the mailbox is full (the holder reports the flood)
 MAX_MARKERS = 64  # "mailbox full" markers a mailbox takes beyond its byte limit
+RESULTS_KEPT = 32  # control action results kept in a session item (newest first) ...
+RESULTS_KEEP_MS = 60_000  # ... and for at most this long
+CONVERSATION_INDEX = "conversation"  # GSI: conversationId -> session items
 
 
 def _visible(session: Session) -> dict[str, Any]:
@@ -37,6 +44,8 @@ def _visible(session: Session) -> dict[str, Any]:
     }
     if session.session_id:
         values["sessionId"] = {"S": session.session_id}
+    if session.conversation_id and not session.probe:  # every probe has the null conversation id
+        values["conversationId"] = {"S": session.conversation_id.lower()}
     return values
 
 
@@ -60,16 +69,32 @@ class Held:
     recent: dict[str, str]
     mailbox: list[str]  # Entry JSON strings, in the order they reached the mailbox
     api_key: str | None = None
+    connected_at_ms: int | None = None
+    results: dict[str, str] = field(default_factory=dict)  # control action results, by token (JSON)
+    new_results: bool = False  # results gained entries this holder must write
 
 
 def _held(connection_id: str, owner: str, item: dict[str, Any]) -> Held:
+    connected = item.get("connectedAt", {}).get("N")
     return Held(
         connection_id=connection_id, owner=owner,
         session=Session.from_dict(json.loads(item["session"]["S"])),
         recent=json.loads(item["recent"]["S"]),
         mailbox=[entry["S"] for entry in item.get("mailbox", {}).get("L", [])],
         api_key=item.get("apiKey", {}).get("S"),
+        connected_at_ms=int(connected) if connected is not None else None,
+        results={token: value["S"] for token, value in item.get("results", {}).get("M", {}).items()},
     )
+
+
+def keep_results(results: dict[str, str], new: dict[str, dict[str, Any]], now_ms: int) -> dict[str, str]:
+    """``results`` with ``new`` added (each stamped ``at``), trimmed to the newest
+    ``RESULTS_KEPT`` of the last ``RESULTS_KEEP_MS``."""
+    merged = {token: json.loads(raw) for token, raw in results.items()}
+    merged |= {token: value | {"at": now_ms} for token, value in new.items()}
+    fresh = sorted(((value.get("at", 0), token) for token, value in merged.items()
+                    if value.get("at", 0) >= now_ms - RESULTS_KEEP_MS), reverse=True)[:RESULTS_KEPT]
+    return {token: json.dumps(merged[token], separators=(",", ":")) for _, token in fresh}
 
 
 def _failed_item(error: Exception) -> dict[str, Any] | None:
@@ -219,7 +244,8 @@ class SessionStore:
         mailbox); PARKED: another invocation holds it and will apply ``entry``; None: no such
         connection. When the mailbox already holds ``limit_bytes``, the small marker
         ``full_entry`` is parked instead of ``entry`` (at most
-        ``MAX_MARKERS`` of them). Never waits: each failed condition means the lease changed
+        ``MAX_MARKERS`` of them); with no ``full_entry``, nothing is parked (DROPPED). Never
+        waits: each failed condition means the lease changed
         hands in between, so the other branch succeeds next.
         """
         key = self._key(connection_id)
@@ -274,8 +300,10 @@ class SessionStore:
                 return PARKED
             if int(old["leaseUntil"]["N"]) < now_ms:
                 continue  # released in between: take it
-            if marker:
-                return DROPPED  # the mailbox is full of markers: the holder reports the flood already
+            if marker or not full_entry:
+                # The mailbox is full of markers (the holder reports the flood already), or the
+                # input has no marker to stand for it (a control action: its caller is told).
+                return DROPPED
             marker = True
             entry = full_entry
         return DROPPED  # pragma: no cover - the lease cannot change hands eight times in a row
@@ -295,6 +323,8 @@ class SessionStore:
             "mailboxBytes": {"N": str(sum(map(len, mailbox)))},
             "leaseUntil": {"N": "0"},
         }
+        if held.new_results:
+            values["results"] = {"M": {token: {"S": raw} for token, raw in held.results.items()}}
         names = {f"#a{i}": name for i, name in enumerate(values)}
         attribute_values = {f":a{i}": value for i, value in enumerate(values.values())}
         self.calls += 1
@@ -314,5 +344,36 @@ class SessionStore:
             if item is None or item.get("leaseOwner", {}).get("S") != held.owner:
                 return False
             now = _held(held.connection_id, held.owner, item)
-            return Held(held.connection_id, held.owner, held.session, held.recent, now.mailbox, held.api_key)
+            return Held(held.connection_id, held.owner, held.session, held.recent, now.mailbox, held.api_key,
+                        held.connected_at_ms, held.results, held.new_results)
+        held.new_results = False
         return True
+
+    # --- what the control path reads ------------------------------------------------------
+
+    def action_result(self, connection_id: str, token: str) -> tuple[dict[str, Any] | None, bool]:
+        """The result a lease holder wrote for the action ``token`` (None: not yet), and whether
+        the connection's item still exists. One consistent GetItem of that one map entry."""
+        self.calls += 1
+        item = self._client.get_item(
+            TableName=self._table, Key=self._key(connection_id), ConsistentRead=True,
+            ProjectionExpression="results.#t, connectionId", ExpressionAttributeNames={"#t": token},
+        ).get("Item")
+        if item is None:
+            return None, False
+        raw = item.get("results", {}).get("M", {}).get(token, {}).get("S")
+        return (json.loads(raw) if raw else None), True
+
+    def session_by_id(self, session_id: str) -> Session | None:
+        """The live session with this id (its ``session#`` marker, then its item): two
+        consistent GetItem; None when no connection holds the id."""
+        self.calls += 1
+        marker = self._client.get_item(TableName=self._table, Key={"pk": {"S": f"session#{session_id.lower()}"}},
+                                       ConsistentRead=True).get("Item")
+        if not marker or "connectionId" not in marker:
+            return None
+        self.calls += 1
+        item = self._client.get_item(TableName=self._table, Key=self._key(marker["connectionId"]["S"]),
+                                     ConsistentRead=True, ProjectionExpression="#s",
+                                     ExpressionAttributeNames={"#s": "session"}).get("Item")
+        return Session.from_dict(json.loads(item["session"]["S"])) if item and "session" in item else None
