@@ -237,3 +237,25 @@ def test_a_continuing_open_is_checked_against_the_session_it_continues(aws, cont
 def item(aws, client: Client) -> dict:
     return aws.dynamodb.get_item(TableName=aws.settings.sessions_table,
                                  Key={"pk": {"S": f"conn#{client.connection.connection_id}"}})["Item"]
+
+
+def test_an_action_no_holder_applies_in_time_is_pending_and_goes_out_with_the_next_input(aws, controller, live):
+    """A holder that stopped (its drain budget spent, or dead until its lease expires) leaves the
+    parked action for the connection's next input; the call answers pending after its bound."""
+    from audiohook.aws.control import LambdaFront
+
+    key = {"pk": {"S": f"conn#{live.connection.connection_id}"}}
+    aws.dynamodb.update_item(TableName=aws.settings.sessions_table, Key=key,
+                             UpdateExpression="SET leaseUntil = :until, leaseOwner = :other",
+                             ExpressionAttributeValues={":until": {"N": str(int(time.time() * 1000) + 400)},
+                                                        ":other": {"S": "another"}})
+    front = controller.api_gateway
+    controller.api_gateway = LambdaFront(front.service, wait_s=0.1)
+    result = controller.pause(live.session_id)
+    assert (result.delivered, result.code, result.reason) == (
+        False, "pending", "the action waits in the session's mailbox after 0.1 s: the connection's next input "
+                          "applies it")
+    time.sleep(0.5)  # the other holder's lease expires
+    live.send(live.message("ping"))
+    assert aws.posted(live.connection.connection_id)[1:] == [server("pause", 2, 1, live.session_id),
+                                                            server("pong", 3, 2, live.session_id)]

@@ -23,7 +23,8 @@ from audiohook.tools.wav import AudioSource, mulaw_decode
 from conftest import REPO
 
 UNKNOWN = "e160e428-53e2-487c-977d-96989bf5c99d"
-TONE = AudioSource.tone(440.0, seconds=6.0, channels=2)
+TONE = AudioSource.tone(440.0, seconds=8.0, channels=2)
+LONG_TONE = AudioSource.tone(440.0, seconds=30.0, channels=2)  # the server's disconnect ends this call
 
 
 def controller_of(stack: LocalStack) -> Controller:
@@ -75,7 +76,7 @@ def test_actions_during_a_call_reach_the_client_in_seq_order_and_audio_stops_whi
 
     async def scenario(stack: LocalStack) -> Any:
         demo = stack.demo
-        calling = asyncio.create_task(call(stack.url, demo.api_key, demo.client_secret, audio=TONE,
+        calling = asyncio.create_task(call(stack.url, demo.api_key, demo.client_secret, audio=LONG_TONE,
                                            ping_interval_s=0.4))
         controller = controller_of(stack)
 

@@ -377,7 +377,7 @@ def test_lease_outlasts_every_function_that_takes_it(template: dict[str, Any]) -
     from audiohook.config import Settings
 
     lease_ms = Settings().lease_ms
-    for function in ("MessageFunction", "DisconnectFunction"):
+    for function in ("MessageFunction", "DisconnectFunction", "ControlFunction"):  # Control enters the mailbox too
         assert _function_props(template, function)["Timeout"] * 1000 <= lease_ms, function
 
 
