@@ -365,13 +365,7 @@ def test_unsigned_upgrade_is_refused_with_401(kind):
 
 
 # --------------------------------------------------------------------------- end to end, with audio
-# The Lambda path posts a reply before it writes the reply's lifecycle record (service.deliver):
-# the client gets `closed`, hangs up, and `$disconnect` can write `disconnected` before the
-# close invocation writes `closed`, a record after `disconnected`. Seen with 50 concurrent
-# sessions; the Lambda-path rewrite of the records contract fixes it; un-mark then.
-CLOSED_AFTER_DISCONNECTED = pytest.mark.xfail(
-    strict=False, reason="Lambda path writes `closed` after posting it: it can land after `disconnected`")
-ALL_FRONTS_CLOSING = [GATEWAY, pytest.param(GATEWAY_BASE64, marks=CLOSED_AFTER_DISCONNECTED), RELAY]
+ALL_FRONTS_CLOSING = [GATEWAY, GATEWAY_BASE64, RELAY]
 
 
 @pytest.mark.parametrize("kind", ALL_FRONTS_CLOSING)
@@ -506,16 +500,7 @@ def test_an_abrupt_socket_drop_mid_audio_keeps_what_was_received_and_nothing_aft
     play(kind, script)
 
 
-# The Lambda path's current sequencing makes each $default invocation wait (sleeping and
-# polling DynamoDB) for its predecessor: under 200 concurrent pings a valid client gets
-# `disconnect` "ping.seq is N but the previous client seq was N-2" and the waiting invocations
-# keep the embedded AWS busy for over a minute. The wait-free sequencing replaces it; un-mark then.
-SEQUENCING_STALLS = pytest.mark.xfail(
-    run=False, strict=False,
-    reason="Lambda-path sequencing waits for predecessors and stalls under a ping flood (wait-free rewrite pending)")
-
-
-@pytest.mark.parametrize("kind", [pytest.param(GATEWAY, marks=SEQUENCING_STALLS), RELAY])
+@pytest.mark.parametrize("kind", [GATEWAY, RELAY])
 def test_a_flood_of_two_hundred_pings_gets_every_pong_in_order(kind):
     async def script(front: Front) -> None:
         genesys = await Genesys.connect(front)

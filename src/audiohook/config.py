@@ -60,6 +60,11 @@ class Settings:
     # How often the relay publishes its CloudWatch metrics (EMF lines on stdout).
     relay_metrics_s: int = 60
     metrics_namespace: str = "AudioHook"
+    # Each attempt of an AWS call of the Lambda path: this long to answer, half of it to connect
+    # (docs/architecture.md, "Time budget"). Only the local stack raises it: its moto server
+    # serves one request at a time, so a flood of concurrent invocations queues there, which
+    # DynamoDB never does.
+    aws_call_timeout_s: float = 1.0
     # botocore reads AWS_ENDPOINT_URL itself; kept here so a change of it is a change of settings.
     aws_endpoint_url: str = ""
 
@@ -92,5 +97,6 @@ class Settings:
             relay_drain_s=_int(env, "RELAY_DRAIN_S", defaults.relay_drain_s),
             relay_metrics_s=_int(env, "RELAY_METRICS_S", defaults.relay_metrics_s),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
+            aws_call_timeout_s=float(env.get("AWS_CALL_TIMEOUT_S", "").strip() or defaults.aws_call_timeout_s),
             metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", defaults.metrics_namespace),
         )

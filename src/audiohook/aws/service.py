@@ -55,9 +55,11 @@ logger = Logger(service="audiohook")
 OK = {"statusCode": 200}
 UNAUTHORIZED = {"statusCode": 401}
 CONFLICT = {"statusCode": 409}
-# A lease holder starts no new round of applying after this long (inputs parked meanwhile
-# stay for the next holder), so one invocation's work stays bounded (docs/architecture.md).
-DRAIN_BUDGET_S = 2.0
+# A lease holder starts no new round of applying after this many per-call timeouts (2 s in
+# AWS; inputs parked meanwhile stay for the next holder), so one invocation's work stays
+# bounded (docs/architecture.md). In proportion to the call timeout because a round's worst
+# case is: the local stack, whose moto server queues calls, scales both.
+DRAIN_BUDGET_CALLS = 2.0
 
 
 class Poster(Protocol):
@@ -269,7 +271,7 @@ class AudioHookService:
         """Apply the mailbox, post, record, release; again while inputs were parked meanwhile."""
         result = RouteResult(OK, held.session)
         started = self.clock()
-        budget_s = DRAIN_BUDGET_S  # then stop applying: what waits stays for the next holder
+        budget_s = DRAIN_BUDGET_CALLS * self.settings.aws_call_timeout_s  # then what waits stays for the next holder
         log = self._log(held)
         self._bind(held)
         pending = [Entry.from_json(raw) for raw in held.mailbox]

@@ -23,19 +23,23 @@ from audiohook.aws.store import SessionStore
 from audiohook.aws.stream import KinesisWriter
 from audiohook.config import Settings
 
+
 # Every AWS call of an invocation is bounded, so that the worst path ends well inside the
 # functions' Timeout (docs/architecture.md, "Time budget"): API Gateway answers a function
 # that raises or times out with its own error frame, which Genesys reads as a malformed
 # message. DynamoDB and Secrets Manager: one retry after 50 ms (botocore's legacy mode
 # backoff for DynamoDB; standard mode waits up to 1 s); each attempt at most 0.5 s to connect
-# and 1 s to answer (in-region, single-item requests answer in milliseconds; the local stack's
-# moto server, one request at a time, needs the margin). Every conditional write is safe to
-# retry after a timeout whose first attempt did succeed (store.py).
-_CLIENT_CONFIG = Config(retries={"mode": "legacy", "total_max_attempts": 2}, connect_timeout=0.5, read_timeout=1.0,
-                        max_pool_connections=64)
-# KinesisWriter and ConnectionPoster retry with their own backoff; botocore must not multiply it.
-_SINGLE_ATTEMPT = Config(retries={"total_max_attempts": 1}, connect_timeout=0.5, read_timeout=1.0,
-                         max_pool_connections=64)
+# and 1 s to answer (in-region, single-item requests answer in milliseconds; AWS_CALL_TIMEOUT_S,
+# set by the local stack only, scales both). Every conditional write is safe to retry after a
+# timeout whose first attempt did succeed (store.py).
+def _config(total_attempts: int) -> Config:
+    timeout_s = Settings.from_env().aws_call_timeout_s
+    retries: dict[str, Any] = {"total_max_attempts": total_attempts}
+    if total_attempts > 1:
+        retries["mode"] = "legacy"
+    return Config(retries=retries, connect_timeout=timeout_s / 2, read_timeout=timeout_s, max_pool_connections=64)
+
+
 POST_ATTEMPTS = 2  # per reply: one retry of a throttled post, after at most 0.1 s
 KINESIS_ATTEMPTS = 2  # per PutRecords batch: one retry, after at most 0.1 s
 
@@ -52,13 +56,20 @@ def _botocore() -> botocore.session.Session:
     return botocore.session.get_session()
 
 
-def client(service: str, config: Config = _CLIENT_CONFIG, **kwargs: Any) -> Any:
-    return _botocore().create_client(service, config=config, **kwargs)
+def client(service: str, config: Config | None = None, **kwargs: Any) -> Any:
+    """A botocore client with the time budget: two attempts unless ``config`` says otherwise."""
+    return _botocore().create_client(service, config=config or _config(2), **kwargs)
+
+
+def single_attempt_client(service: str, **kwargs: Any) -> Any:
+    """For KinesisWriter and ConnectionPoster, which retry with their own backoff: botocore must
+    not multiply it."""
+    return client(service, _config(1), **kwargs)
 
 
 @lru_cache(maxsize=16)
 def poster_for_endpoint(endpoint: str) -> ConnectionPoster:
-    return ConnectionPoster(client("apigatewaymanagementapi", _SINGLE_ATTEMPT, endpoint_url=endpoint),
+    return ConnectionPoster(single_attempt_client("apigatewaymanagementapi", endpoint_url=endpoint),
                             max_attempts=POST_ATTEMPTS)
 
 
@@ -70,7 +81,7 @@ def build_service(settings: Settings | None = None, *, metrics: Any = None, **cl
     # (the relay, with no function Timeout) keeps the writer's default retries.
     writer_options: dict[str, Any] = {}
     if kinesis is None:
-        kinesis = client("kinesis", _SINGLE_ATTEMPT)
+        kinesis = single_attempt_client("kinesis")
         writer_options = {"max_attempts": KINESIS_ATTEMPTS, "max_delay_s": 0.1}
     return AudioHookService(
         settings,

@@ -326,6 +326,9 @@ class EmbeddedAws:
             "AWS_SESSION_TOKEN": "testing",
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
+            # Local only: this moto server serves one request at a time (DynamoDB's atomicity),
+            # so under a flood of invocations a call may queue there for seconds; in AWS it does not.
+            **({} if self._in_process else {"AWS_CALL_TIMEOUT_S": "10"}),
         }
 
     # ------------------------------------------------------------------ resources
