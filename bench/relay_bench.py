@@ -4,11 +4,14 @@ Method: every server in turn runs as its own process pinned to CPU 0; the load r
 (client processes, plus the AWS stub the relay talks to). For each N, every server gets the
 same load: N real-time stereo PCMU sessions (signed upgrade, ``open``/``opened``, a 3,200-byte
 binary frame every 200 ms, a ``ping`` every 5 s, ``close``/``closed``), opened over a ramp;
-once all are open and streaming, a steady window of ``--seconds`` is measured. Servers:
+once all are open and streaming (for the relay: once the session items the opens left to
+write are written and its Kinesis queue is back under two seconds of audio), a steady window
+of ``--seconds`` is measured. Servers:
 
 - ``relay``: ``python -m audiohook.relay`` exactly as the container runs it (picows + uvloop),
   AWS answered by a local counting stub (DynamoDB and Secrets Manager answer success, Kinesis
-  PutRecords acknowledges and counts audio frames and bytes and checks positions per session);
+  PutRecords acknowledges and counts audio frames and bytes and checks positions per session
+  from each record's header alone, without parsing the body);
 - ``floor``: a picows + uvloop server on the same library that only reads frames (it answers
   ``opened``, ``pong`` and ``closed`` with canned text so the client can run the same script);
 - ``ref-loadtest`` and ``ref-recording``: the Genesys reference server's two endpoints
@@ -18,8 +21,9 @@ Figures: server CPU from ``/proc/<pid>/stat`` over the steady window divided by 
 in it (µs per frame); ratios against the floor and the reference's recording endpoint; sessions
 per core at 80 % CPU (derived from µs/frame); open->opened and ping->pong p50/p99 under the load;
 the client's send lag (how late frames left against real time: the load must keep pace); and
-for the relay: frame->Kinesis acknowledgement p50/p99 (relay's /metrics), zero loss (every frame
-in the stub, no gap, nothing dropped, no position hole) and memory per session (RSS growth / N).
+for the relay: frame->Kinesis acknowledgement p50/p99 over the whole run, ramp included (relay's
+/metrics), zero loss once its queue is empty (every frame in the stub, no gap, nothing dropped,
+no position hole) and memory per session (RSS growth / N).
 
 Quick: python bench/relay_bench.py --sessions 250 --seconds 10
 Full:  python bench/relay_bench.py --sessions 1000,2000 --seconds 20
@@ -475,10 +479,13 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
         deadline = t0 + ramp_s + 120
         while start.tried.value < sessions and time.time() < deadline and all(w.is_alive() for w in workers):
             time.sleep(0.1)
-        if kind == "relay":  # the session items the opens left to write (off the reply path) are written
+        if kind == "relay":  # steady: the opens' session items written and their Kinesis backlog sent
             settle_deadline = time.time() + 120
-            while (http_json(f"http://127.0.0.1:{port}/metrics")["dynamodb_saves"] < start.opened.value
-                   and time.time() < settle_deadline):
+            steady_bytes = 2 * sessions * FRAME_BYTES / FRAME_S  # two seconds of audio queued at most
+            while time.time() < settle_deadline:
+                metrics = http_json(f"http://127.0.0.1:{port}/metrics")
+                if metrics["dynamodb_saves"] >= start.opened.value and metrics["buffered_bytes"] <= steady_bytes:
+                    break
                 time.sleep(0.2)
         window = (time.time() + 2.0, time.time() + 2.0 + seconds)  # steady: every session open and streaming
         start.window[0], start.window[1] = window
@@ -492,9 +499,13 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
         for worker in workers:
             worker.join(30)
         metrics: dict[str, Any] = {}
-        if kind == "relay":
-            time.sleep(1.0)  # the last flush
-            metrics = http_json(f"http://127.0.0.1:{port}/metrics")
+        if kind == "relay":  # every frame acknowledged (or 60 s passed) before the count
+            drain_deadline = time.time() + 60
+            while time.time() < drain_deadline:
+                time.sleep(0.5)
+                metrics = http_json(f"http://127.0.0.1:{port}/metrics")
+                if metrics["buffered_bytes"] == 0:
+                    break
     finally:
         process.terminate()
         try:
