@@ -54,7 +54,7 @@ class Settings:
     # audio held for Kinesis (reading pauses near it, frames beyond it become gap records);
     # how long a SIGTERM lets sessions finish before they get `disconnect`.
     relay_port: int = 8080
-    relay_flush_ms: int = 200
+    relay_flush_ms: int = 1000
     relay_max_buffer_bytes: int = 256 * 1024 * 1024
     relay_drain_s: int = 60
     # How often the relay publishes its CloudWatch metrics (EMF lines on stdout).

@@ -256,6 +256,13 @@ def test_latency_percentiles() -> None:
     assert LatencyHistogram().percentile(50) is None
 
 
+def test_a_records_frames_count_once_each_from_their_own_receipt() -> None:
+    histogram = LatencyHistogram(limit_ms=1000)
+    histogram.add_since(10.0, [9.9995, 9.75, 9.5, 12.0, 5.0])  # 0.5 ms, 250, 500, in the future, beyond
+    assert histogram.count == 5
+    assert [ms for ms, n in enumerate(histogram.buckets) for _ in range(n)] == [0, 0, 250, 500, 1000]
+
+
 def test_gap_records_are_valid_lifecycle_json() -> None:
     audio_buffer = buffer(max_bytes=FRAME)
     audio = session(audio_buffer, SESSION_B)

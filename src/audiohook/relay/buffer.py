@@ -59,6 +59,14 @@ class LatencyHistogram:
         self._buckets[ms] += 1
         self.count += 1
 
+    def add_since(self, now: float, times: list[float]) -> None:
+        """One sample per time in ``times``: ``now`` minus it (a record's frames, at once)."""
+        buckets, limit = self._buckets, self._limit
+        for received in times:
+            ms = int((now - received) * 1000)
+            buckets[ms if 0 <= ms <= limit else (0 if ms < 0 else limit)] += 1
+        self.count += len(times)
+
     @property
     def buckets(self) -> list[int]:
         """Counts per whole millisecond (read-only use: the relay's metrics diff them)."""
@@ -345,8 +353,7 @@ class AudioBuffer:
                 if isinstance(item, AudioRun):
                     counters.audio_records += 1
                     counters.frames_delivered += item.frame_count
-                    for received in item.times:
-                        latency.add(now - received)
+                    latency.add_since(now, item.times)
                 else:
                     counters.lifecycle_records += 1
                 continue

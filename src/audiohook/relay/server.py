@@ -31,7 +31,10 @@ Queues and state belong to the connection, never to a session id alone, so two c
 claiming one session id can never share anything.
 
 Records go to the same Kinesis stream: a flusher sends PutRecords batches across sessions
-every ``RELAY_FLUSH_MS`` (or sooner when a batch is full), at most ``max_inflight`` calls at
+every ``RELAY_FLUSH_MS`` (sooner only when memory runs high): one record per session per
+flush holds all its frames since the last one, so the per-record costs are shared by
+``RELAY_FLUSH_MS / 200`` frames of a real-time stream (a tick sends as many calls as it
+needs, each up to 500 records or 5 MiB); at most ``max_inflight`` calls at
 once and one per session at a time, with request bodies built without botocore's per-record
 serialisation (:class:`audiohook.aws.stream.PreparedBodies`).
 
@@ -72,7 +75,7 @@ from audiohook import metrics as M
 from audiohook.aws.apigw import Connection
 from audiohook.aws.service import AudioHookService, RecordWriter, RouteResult
 from audiohook.aws.store import SessionStore, StoredSession
-from audiohook.aws.stream import MAX_BYTES_PER_CALL, MAX_RECORDS_PER_CALL, KinesisWriter, PreparedBodies, PutOutcome
+from audiohook.aws.stream import KinesisWriter, PreparedBodies, PutOutcome
 from audiohook.config import Settings
 from audiohook.protocol import parse_client_message
 from audiohook.records import encode_lifecycle_record
@@ -436,6 +439,7 @@ class Relay:
         self._no_links = asyncio.Event()
         self._drained = asyncio.Event()
         self._overflowing = False
+        self._backlog = False  # records were left queued because max_inflight calls were out
         self._stopping = False
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
@@ -639,8 +643,6 @@ class Relay:
         buffer = self.buffer
         assert self._loop is not None
         buffer.append(audio, start, session.position, frame, self._loop.time())
-        if buffer.pending_records >= MAX_RECORDS_PER_CALL or buffer.pending_bytes >= MAX_BYTES_PER_CALL:
-            self._wake.set()
         if buffer.buffered >= buffer.high_watermark and not self._overflowing:
             self._pause(link)
 
@@ -789,11 +791,15 @@ class Relay:
                 return
 
     def _dispatch(self) -> None:
+        """Send what is queued, ``max_inflight`` calls at most; what does not fit goes as soon
+        as a call returns (``_backlog``), not at the next tick."""
         while self.buffer.inflight_batches < self._max_inflight:
             batch = self.buffer.take_batch()
             if batch is None:
+                self._backlog = False
                 return
             self._spawn(self._put(batch))
+        self._backlog = bool(self.buffer.ready)
 
     async def _put(self, batch: Batch) -> None:
         assert self._loop is not None
@@ -821,7 +827,7 @@ class Relay:
             self._overflowing = False
             if self._paused:
                 self._resume_reading()
-        if self._stopping or buffer.buffered >= buffer.high_watermark or buffer.pending_records >= MAX_RECORDS_PER_CALL:
+        if self._stopping or self._backlog or buffer.buffered >= buffer.high_watermark:
             self._wake.set()
 
     async def _stop_flusher(self) -> None:
