@@ -577,7 +577,7 @@ def test_default_handler_past_its_function_timeout_sends_api_gateway_error_frame
 
 def test_function_timeouts_come_from_the_template() -> None:
     handlers = RouteHandlers.from_template(Template(REPO / "template.yaml"))
-    assert handlers.timeouts == {"connect": 10.0, "message": 15.0, "disconnect": 10.0}
+    assert handlers.timeouts == {"connect": 10.0, "message": 15.0, "disconnect": 15.0}
 
 
 @pytest.mark.parametrize(("on_message", "timeouts"), [

@@ -572,6 +572,7 @@ class AudioHookService:
     def _finished(self, connection_id: str, session: Session) -> None:
         """The final record is written: the session id may be used by a new connection."""
         logger.info("session finished", extra={"connection_id": connection_id, "session_id": session.session_id,
+                                               "conversation_id": session.conversation_id,
                                                "state": session.state.value})
         if session.session_id:
             self.store.release_session_id(session.session_id, connection_id)
