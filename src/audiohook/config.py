@@ -54,9 +54,24 @@ class Settings:
     relay_drain_s: int = 60
     # How often the relay publishes its CloudWatch metrics (EMF lines on stdout).
     relay_metrics_s: int = 60
+    # Relay control listener (docs/control.md): its port (second port, never behind the load
+    # balancer; 0 = any free port, locally); the address other components reach it at when no
+    # ECS task metadata says it (empty: the relay's bind host, 127.0.0.1 for 0.0.0.0); the role
+    # ARNs whose presigned GetCallerIdentity it accepts (comma separated; empty: control off);
+    # how often it polls the ECS task metadata for DesiredStatus STOPPED (ms).
+    relay_control_port: int = 8081
+    relay_control_host: str = ""
+    control_role_arns: str = ""
+    relay_metadata_poll_ms: int = 1000
+    # Set by ECS in every container (task metadata endpoint v4); empty elsewhere.
+    ecs_metadata_uri: str = ""
     metrics_namespace: str = "AudioHook"
     # botocore reads AWS_ENDPOINT_URL itself; kept here so a change of it is a change of settings.
     aws_endpoint_url: str = ""
+
+    @property
+    def control_roles(self) -> frozenset[str]:
+        return frozenset(arn.strip() for arn in self.control_role_arns.split(",") if arn.strip())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -84,6 +99,11 @@ class Settings:
             relay_max_buffer_bytes=_int(env, "RELAY_MAX_BUFFER_BYTES", defaults.relay_max_buffer_bytes),
             relay_drain_s=_int(env, "RELAY_DRAIN_S", defaults.relay_drain_s),
             relay_metrics_s=_int(env, "RELAY_METRICS_S", defaults.relay_metrics_s),
+            relay_control_port=_int(env, "RELAY_CONTROL_PORT", defaults.relay_control_port),
+            relay_control_host=env.get("RELAY_CONTROL_HOST", defaults.relay_control_host),
+            control_role_arns=env.get("CONTROL_ROLE_ARNS", defaults.control_role_arns),
+            relay_metadata_poll_ms=_int(env, "RELAY_METADATA_POLL_MS", defaults.relay_metadata_poll_ms),
+            ecs_metadata_uri=env.get("ECS_CONTAINER_METADATA_URI_V4", defaults.ecs_metadata_uri),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
             metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", defaults.metrics_namespace),
         )

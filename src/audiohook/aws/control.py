@@ -278,7 +278,21 @@ def build_controller(settings: Settings | None = None, **clients: Any) -> Contro
     service.poster_for = lambda _event: poster
     dynamodb = clients.get("dynamodb") or client("dynamodb")
     return Controller(SessionDirectory(dynamodb, settings.sessions_table),
-                      LambdaFront(service, wait_s=settings.predecessor_wait_ms / 1000))
+                      LambdaFront(service, wait_s=settings.predecessor_wait_ms / 1000),
+                      clients.get("relay") or relay_front(settings))
+
+
+def relay_front(settings: Settings) -> Front:
+    """The path to relay tasks: this process's own credentials sign the identity (the Control
+    function's role in AWS; the embedded AWS's user locally), STS of the region or of
+    ``AWS_ENDPOINT_URL``."""
+    from audiohook.aws.relay_control import RelayFront
+    from audiohook.aws.wiring import _botocore
+
+    session = _botocore()
+    region = str(session.get_config_variable("region") or "us-east-1")
+    endpoint = settings.aws_endpoint_url.rstrip("/") + "/" if settings.aws_endpoint_url else None
+    return RelayFront(session.get_credentials, region, endpoint=endpoint)
 
 
 # --- the Control Lambda's payload ---------------------------------------------------------------
