@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -621,6 +622,10 @@ class Relay:
     def sessions(self) -> int:
         return len(self._links)
 
+    def session_ids(self) -> list[str]:
+        """The ids of the sessions this relay holds (opened or not yet)."""
+        return [link.session.session_id for link in self._links.values() if link.session.session_id]
+
     def metrics(self) -> dict[str, Any]:
         c, b = self.counters, self.buffer.counters
         latency = self.buffer.latency
@@ -851,9 +856,9 @@ class Relay:
             return future.result(CONTROL_APPLY_TIMEOUT_S)
 
         try:
-            status, document = await self._call(
+            status, document = await self._call(functools.partial(
                 serve_request, body, dict(request.headers), audience=address, allowed_roles=self.control_roles,
-                endpoint=self.sts_url, now=datetime.fromtimestamp(self._clock(), UTC), apply=apply)
+                endpoint=self.sts_url, now=datetime.fromtimestamp(self._clock(), UTC), apply=apply))
         except Exception:
             logger.exception("control request failed")
             self.counters.errors += 1
