@@ -105,10 +105,18 @@ class Balancer:
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}/"
 
+    def deregister(self, backend: tuple[str, int]) -> None:
+        """Send no new connection to ``backend`` (what ECS asks of the target group before it
+        stops a task); the connections it has stay piped until they close."""
+        self.backends = [b for b in self.backends if b != backend]
+        self.healthy = [b for b in self.healthy if b != backend]
+
     async def check(self) -> None:
         """One round of health checks (the targets' state as the next connection sees it)."""
-        verdicts = await asyncio.gather(*(healthy(host, port) for host, port in self.backends))
-        self.healthy = [backend for backend, ok in zip(self.backends, verdicts, strict=True) if ok]
+        backends = list(self.backends)
+        verdicts = await asyncio.gather(*(healthy(host, port) for host, port in backends))
+        self.healthy = [backend for backend, ok in zip(backends, verdicts, strict=True)
+                        if ok and backend in self.backends]
 
     async def _check_loop(self) -> None:
         while True:
