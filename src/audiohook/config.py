@@ -63,6 +63,9 @@ class Settings:
     relay_control_host: str = ""
     control_role_arns: str = ""
     relay_metadata_poll_ms: int = 1000
+    # The Control function runs outside the VPC; a second function inside it (in the relay's
+    # subnets) makes the private call to the owning task. Empty: this process calls the task.
+    control_relay_function: str = ""
     # Set by ECS in every container (task metadata endpoint v4); empty elsewhere.
     ecs_metadata_uri: str = ""
     metrics_namespace: str = "AudioHook"
@@ -103,6 +106,7 @@ class Settings:
             relay_control_host=env.get("RELAY_CONTROL_HOST", defaults.relay_control_host),
             control_role_arns=env.get("CONTROL_ROLE_ARNS", defaults.control_role_arns),
             relay_metadata_poll_ms=_int(env, "RELAY_METADATA_POLL_MS", defaults.relay_metadata_poll_ms),
+            control_relay_function=env.get("CONTROL_RELAY_FUNCTION", defaults.control_relay_function),
             ecs_metadata_uri=env.get("ECS_CONTAINER_METADATA_URI_V4", defaults.ecs_metadata_uri),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
             metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", defaults.metrics_namespace),

@@ -283,12 +283,25 @@ def build_controller(settings: Settings | None = None, **clients: Any) -> Contro
 
 
 def relay_front(settings: Settings) -> Front:
-    """The path to relay tasks: this process's own credentials sign the identity (the Control
-    function's role in AWS; the embedded AWS's user locally), STS of the region or of
-    ``AWS_ENDPOINT_URL``."""
-    from audiohook.aws.relay_control import RelayFront
-    from audiohook.aws.wiring import _botocore
+    """The path to relay tasks. Deployed: the ControlRelay function inside the VPC
+    (``CONTROL_RELAY_FUNCTION``). Otherwise (local stack, a caller inside the VPC) this process
+    calls the task itself, its own credentials signing the identity (the embedded AWS's user
+    locally), checked by STS of the region or of ``AWS_ENDPOINT_URL``."""
+    from audiohook.aws.relay_control import InvokedRelayFront, RelayFront
+    from audiohook.aws.wiring import _botocore, client
 
+    if settings.control_relay_function:
+        lambda_client = client("lambda")
+
+        def invoke(payload: dict[str, Any]) -> dict[str, Any]:
+            response = lambda_client.invoke(FunctionName=settings.control_relay_function,
+                                            Payload=json.dumps(payload).encode())
+            answer: dict[str, Any] = json.loads(response["Payload"].read())
+            if "FunctionError" in response:
+                raise RuntimeError(answer.get("errorMessage", "function error"))
+            return answer
+
+        return InvokedRelayFront(invoke)
     session = _botocore()
     region = str(session.get_config_variable("region") or "us-east-1")
     endpoint = settings.aws_endpoint_url.rstrip("/") + "/" if settings.aws_endpoint_url else None
