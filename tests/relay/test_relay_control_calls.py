@@ -147,3 +147,46 @@ def test_pause_resume_event_and_disconnect_reach_a_call_with_audio_in_seq_order_
         expected = sent[index::2][:length]
         expected[skipped_from:skipped_from + skipped] = array("h", bytes(2 * skipped))
         assert channel == expected
+
+
+def test_audiohook_control_acts_on_a_relay_session_of_the_local_stack(capsys):
+    from audiohook.tools.cli import main
+    from audiohook.tools.client import upgrade_headers
+    from conftest import ORG_ID, open_parameters
+
+    conversation = "090eaa2f-72fa-480a-83e0-8667ff89c0ec"
+
+    async def scenario() -> tuple[int, dict[str, Any], dict[str, Any], str | None]:
+        import time
+
+        import websockets
+
+        async with LocalStack(REPO / "template.yaml", stack_name=f"cli-{uuid.uuid4().hex[:8]}") as stack:
+            aws, demo, sid = stack.aws, stack.demo, str(uuid.uuid4())
+            headers = upgrade_headers(stack.relay_url, demo.api_key, demo.client_secret, organization_id=ORG_ID,
+                                      session_id=sid, correlation_id=str(uuid.uuid4()), now=time.time())
+            async with websockets.connect(stack.relay_url, additional_headers=headers) as ws:
+                await ws.send(json.dumps({"version": "2", "id": sid, "type": "open", "seq": 1, "serverseq": 0,
+                                          "position": "PT0S", "parameters": open_parameters(conversation)}))
+                assert json.loads(await ws.recv())["type"] == "opened"
+                item = aws.client("dynamodb").get_item(TableName=aws.resources.table_name, Key={
+                    "pk": {"S": f"session#{sid}"}})["Item"]
+                owner = aws.client("dynamodb").get_item(TableName=aws.resources.table_name, Key={
+                    "pk": {"S": f"conn#{item['connectionId']['S']}"}})["Item"]["owner"]["S"]
+                status = await asyncio.to_thread(main, [
+                    "control", "event", "--session-id", sid, "--entities", json.dumps(ENTITIES),
+                    "--endpoint-url", aws.endpoint_url, "--table", aws.resources.table_name,
+                    "--stream", aws.resources.stream_name, "--connections-endpoint", stack.connections_endpoint])
+                received = json.loads(await ws.recv())
+                return status, received, {"owner": owner, "control": stack.relay.control_address}, sid
+
+    status, received, where, sid = asyncio.run(asyncio.wait_for(scenario(), 60))
+    out = capsys.readouterr().out  # the relay's log lines (one line each) and the CLI's answer (indented)
+    answer, _ = json.JSONDecoder().raw_decode(out, out.index("{\n"))
+    assert status == 0
+    assert where["owner"] == where["control"] and where["owner"].startswith("127.0.0.1:")
+    expected = {"version": "2", "type": "event", "seq": 2, "clientseq": 1, "id": sid,
+                "parameters": {"entities": ENTITIES}}
+    assert received == expected
+    assert answer == {"action": "event", "sessionId": sid, "delivered": True, "code": "delivered",
+                      "reason": "written to the client's socket", "state": "ACTIVE", "message": expected}

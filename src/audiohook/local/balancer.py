@@ -142,6 +142,10 @@ class Balancer:
                 except OSError:
                     logger.warning("backend %s:%d refused the connection", *backend)
             if backend is None or upstream is None:
+                # The request is read first: closing with it unread would reset the connection.
+                with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError,
+                                         asyncio.LimitOverrunError):
+                    await asyncio.wait_for(client_reader.readuntil(b"\r\n\r\n"), 1.0)
                 client_writer.write(NO_BACKEND)
                 await client_writer.drain()
                 return
