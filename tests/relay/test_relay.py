@@ -765,3 +765,39 @@ async def _drain_the_process(process: subprocess.Popen[bytes], port: int, api_ke
         await ws.send(json.dumps(message(session_id, "close", 2, 3, {"reason": "disconnect"})))
         closed = await receive(ws)
     return {"health": health, "moved": moved, "told": told, "closed": closed, "session_id": session_id}
+
+
+def test_an_open_continuing_a_session_is_checked_against_its_item_and_what_follows_it_waits_in_order(aws: Aws) -> None:
+    old, new, stranger = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    other_conversation = "6f0c7a44-3c55-4a3e-9d3c-0b8a6f1c2e77"
+
+    async def scenario() -> dict[str, Any]:
+        async with quick_relay(relay_service(aws)) as relay:
+            ws_old = await open_socket(relay, old)
+            await ws_old.send(json.dumps(message(old, "open", 1, 0, open_parameters(*CALL_IDS))))
+            assert (await receive(ws_old))["type"] == "opened"
+            continued = {"continuedSessions": [{"id": old, "serverseq": 1, "clientseq": 1}]}
+            ws_new = await open_socket(relay, new)
+            # The open, then audio and a ping at once: applied after the lookup, in this order.
+            await ws_new.send(json.dumps(message(new, "open", 1, 0, open_parameters(*CALL_IDS) | continued)))
+            await ws_new.send(frame(1))
+            await ws_new.send(json.dumps(message(new, "ping", 2, 1)))
+            answers = [await receive(ws_new), await receive(ws_new)]
+            ws_stranger = await open_socket(relay, stranger)
+            await ws_stranger.send(json.dumps(message(
+                stranger, "open", 1, 0, open_parameters(other_conversation, CALL_IDS[1]) | continued)))
+            refused = await receive(ws_stranger)
+            for ws in (ws_old, ws_new, ws_stranger):
+                await ws.close()
+            return {"answers": answers, "refused": refused}
+
+    got = run(scenario())
+
+    assert [(m["type"], m["seq"], m["clientseq"]) for m in got["answers"]] == [("opened", 1, 1), ("pong", 2, 2)]
+    opened = next(r for r in lifecycle_of(session_records(aws, new)) if r.event == "opened")
+    assert opened.data["continuedSessions"] == [{"id": old, "serverseq": 1, "clientseq": 1, "verified": True}]
+    assert len(audio_of(session_records(aws, new))) == 1
+    assert got["refused"] == {
+        "version": "2", "type": "disconnect", "seq": 1, "clientseq": 1, "id": stranger,
+        "parameters": {"reason": "error", "info": f"open.parameters.continuedSessions[0].id {old} belongs to "
+                                                  f"conversation {CALL_IDS[0]}, not {other_conversation}"}}

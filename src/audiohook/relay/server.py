@@ -401,7 +401,8 @@ class _ControlGate(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self._timer = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT_S, transport.abort)
+        assert self.transport is not None
+        self._timer = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT_S, self.transport.abort)
 
     def data_received(self, data: bytes) -> None:
         if self._taken:
