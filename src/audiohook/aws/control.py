@@ -291,7 +291,12 @@ def relay_front(settings: Settings) -> Front:
     from audiohook.aws.wiring import _botocore, client
 
     if settings.control_relay_function:
-        lambda_client = client("lambda")
+        from botocore.config import Config
+
+        # One attempt: a retried invocation could apply the action twice. Long enough for a
+        # cold start in the VPC plus the task's STS check, inside the Control function's 10 s.
+        lambda_client = client("lambda", Config(retries={"total_max_attempts": 1}, connect_timeout=1,
+                                                read_timeout=8))
 
         def invoke(payload: dict[str, Any]) -> dict[str, Any]:
             response = lambda_client.invoke(FunctionName=settings.control_relay_function,
