@@ -1,12 +1,14 @@
-"""Control path on the API Gateway front, beside a client ping in the same run.
+"""Control path on both fronts, in one run: latency of each action and the AWS calls it makes,
+each beside a client ping on the same front (the baseline).
 
-1. Over real sockets (the local stack: API Gateway emulator running the Lambda handlers, moto
-   as an HTTP server): a control action's latency from the call to the message arriving on the
-   client's socket, p50/p99, and a client ping's round trip (ping sent -> pong received).
-2. In-process (moto mocked): the AWS calls per action (what a deployed stack makes: the
-   session lookup, the mailbox TAKE and RELEASE, the post, the record) beside a ping's.
+- API Gateway front: call -> message posted to the connection, beside a client ping through
+  ``$default`` (the same store, the same post). AWS is moto in-process.
+- Relay front: call -> message read on the client's WebSocket, through the sessions table
+  (the owner), the relay's control port and its STS check, beside a client ping -> pong on the
+  same socket. AWS is the local stack's moto server (STS over HTTP), the relay in this process.
 
-Times are our code plus moto's, for ratios only.
+The times are our code plus moto's, for ratios only; the AWS call counts are what a deployed
+stack makes.
 
 Run: python bench/control_bench.py [--rounds 200]
 """
@@ -60,89 +62,110 @@ def measure(rounds: int, step: Callable[[], object], calls: Counter[str]) -> tup
     return times, Counter({name: count / rounds for name, count in calls.items()})
 
 
-def over_sockets(rounds: int) -> None:
-    """Call -> message on the client's socket, through the local API Gateway emulator."""
+def report(title: str, rows: list[tuple[str, list[float], Counter[str]]]) -> None:
+    baseline = statistics.median(rows[0][1])
+    print(title)
+    for name, times, per_call in rows:
+        print(f"  {name}: p50 {statistics.median(times):.2f} ms, p99 {percentile(times, 99):.2f} ms "
+              f"({statistics.median(times) / baseline:.2f}x the ping); AWS calls "
+              + (", ".join(f"{api} {count:g}" for api, count in sorted(per_call.items())) or "none"))
+
+
+async def relay_rows(rounds: int) -> list[tuple[str, list[float], Counter[str]]]:
+    """The relay front: a live session on the relay of `audiohook serve`'s stack."""
     import asyncio
     import json
     import uuid
 
     import websockets
+    from botocore.credentials import Credentials
 
-    from audiohook.aws.control import build_controller
-    from audiohook.config import Settings
+    import audiohook.relay.server as relay_server
+    from audiohook.aws import iam_identity
+    from audiohook.aws.control import Controller, SessionDirectory
+    from audiohook.aws.relay_control import RelayFront
     from audiohook.local.gateway import LocalStack
-    from audiohook.tools.client import call_open_parameters, upgrade_headers
+    from audiohook.tools.client import upgrade_headers
+    from conftest import ORG_ID, open_parameters
 
-    async def run() -> list[tuple[str, list[float], Counter[str]]]:
-        async with LocalStack(REPO / "template.yaml", stack_name=f"bench-{uuid.uuid4().hex[:8]}") as stack:
-            demo, org, sid = stack.demo, str(uuid.uuid4()), str(uuid.uuid4())
-            headers = upgrade_headers(stack.url, demo.api_key, demo.client_secret, organization_id=org,
-                                      session_id=sid, correlation_id=str(uuid.uuid4()), now=time.time())
-            calls: Counter[str] = Counter()
-            settings = Settings(sessions_table=stack.aws.resources.table_name,
-                                audio_stream=stack.aws.resources.stream_name,
-                                connections_endpoint=stack.connections_endpoint)
-            from audiohook.aws.poster import ConnectionPoster
-            from audiohook.aws.wiring import client
+    calls: Counter[str] = Counter()
 
-            poster = ConnectionPoster(Counted(client("apigatewaymanagementapi",
-                                                     endpoint_url=stack.connections_endpoint), calls))
-            controller = build_controller(settings, dynamodb=Counted(stack.aws.client("dynamodb"), calls),
-                                          kinesis=Counted(stack.aws.client("kinesis"), calls), poster=poster)
-            async with websockets.connect(stack.url, additional_headers=headers) as ws:
-                seq = 0
-                serverseq = 0
+    def counted_post(url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        calls["sts:GetCallerIdentity (relay task)"] += 1
+        return iam_identity._post(url, headers, body)
 
-                async def send(kind: str, parameters: dict[str, Any]) -> None:
-                    nonlocal seq
-                    seq += 1
-                    await ws.send(json.dumps({"version": "2", "id": sid, "type": kind, "seq": seq,
-                                              "serverseq": serverseq, "position": "PT0S",
-                                              "parameters": parameters}))
+    serve = relay_server.serve_request
+    relay_server.serve_request = lambda *a, **k: serve(  # type: ignore[assignment]
+        *a, **k, verify=lambda *va, **vk: iam_identity.verify_identity(*va, **vk, post=counted_post))
+    async with LocalStack(REPO / "template.yaml", stack_name=f"bench-{uuid.uuid4().hex[:8]}") as stack:
+        aws, demo = stack.aws, stack.demo
+        sid = str(uuid.uuid4())
+        headers = upgrade_headers(stack.relay_url, demo.api_key, demo.client_secret, organization_id=ORG_ID,
+                                  session_id=sid, correlation_id=str(uuid.uuid4()), now=time.time())
+        controller = Controller(
+            SessionDirectory(Counted(aws.client("dynamodb"), calls), aws.resources.table_name),
+            api_gateway=None,  # type: ignore[arg-type]
+            relay=RelayFront(lambda: Credentials("testing", "testing"), aws.region,
+                             endpoint=aws.endpoint_url + "/"))
+        async with websockets.connect(stack.relay_url, additional_headers=headers) as ws:
+            seq = 0
 
-                async def receive(kind: str) -> None:
-                    nonlocal serverseq
-                    message = json.loads(await ws.recv())
-                    assert message["type"] == kind, message
-                    serverseq = message["seq"]
+            async def send(type: str, parameters: dict[str, Any] | None = None) -> None:
+                nonlocal seq
+                seq += 1
+                await ws.send(json.dumps({"version": "2", "id": sid, "type": type, "seq": seq, "serverseq": 0,
+                                          "position": "PT0S", "parameters": parameters or {}}))
 
-                await send("open", call_open_parameters(org, str(uuid.uuid4()), (
-                    {"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000},), None))
-                await receive("opened")
-                pings, events = [], []
-                entities = [{"type": "note", "data": {"text": "x" * 200}}]
-                for _ in range(rounds):
-                    started = time.perf_counter()
-                    await send("ping", {})
-                    await receive("pong")
-                    pings.append((time.perf_counter() - started) * 1000)
-                calls.clear()
-                for _ in range(rounds):
-                    started = time.perf_counter()
-                    acting = asyncio.create_task(asyncio.to_thread(controller.send_event, sid, entities))
-                    await receive("event")
-                    events.append((time.perf_counter() - started) * 1000)
-                    assert (await acting).delivered
-                per_action = Counter({name: count / rounds for name, count in calls.items()})
-                await send("close", {"reason": "end"})
-                await receive("closed")
-        return [("client ping -> pong on the socket (baseline)", pings, Counter()),
-                ("event: control call -> event on the socket", events, per_action)]
+            async def until(type: str) -> None:
+                while json.loads(await ws.recv())["type"] != type:
+                    pass
 
-    rows = asyncio.run(run())
-    baseline = statistics.median(rows[0][1])
-    print(f"control path, API Gateway front over real sockets (local emulator + moto server), {rounds} rounds")
-    for name, times, per_call in rows:
-        counts = ", ".join(f"{api} {count:g}" for api, count in sorted(per_call.items()))
-        print(f"  {name}: p50 {statistics.median(times):.2f} ms, p99 {percentile(times, 99):.2f} ms "
-              f"({statistics.median(times) / baseline:.2f}x the ping)" + (f"; AWS calls {counts}" if counts else ""))
+            await send("open", open_parameters("090eaa2f-72fa-480a-83e0-8667ff89c0ec"))
+            await until("opened")
+
+            async def timed(action: Callable[[], Any], answer: str) -> float:
+                started = time.perf_counter()
+                result = asyncio.ensure_future(asyncio.to_thread(action))
+                await until(answer)
+                elapsed = (time.perf_counter() - started) * 1000
+                assert (await result).delivered
+                return elapsed
+
+            async def ping() -> float:
+                started = time.perf_counter()
+                await send("ping")
+                await until("pong")
+                return (time.perf_counter() - started) * 1000
+
+            rows = []
+            calls.clear()
+            rows.append(("client ping (baseline, pong on the socket)", [await ping() for _ in range(rounds)],
+                         Counter()))
+            entities = [{"type": "note", "data": {"text": "x" * 200}}]
+            calls.clear()
+            times = [await timed(lambda: controller.send_event(sid, entities), "event") for _ in range(rounds)]
+            rows.append(("event (control -> message on the client's socket)", times,
+                         Counter({name: count / rounds for name, count in calls.items()})))
+            calls.clear()
+            times = []
+            for _ in range(rounds):
+                times.append(await timed(lambda: controller.pause(sid), "pause"))
+                await send("paused")
+                await timed(lambda: controller.resume(sid), "resume")
+                await send("resumed", {"start": "PT0S", "discarded": "PT0S"})
+            rows.append(("pause (control; resume in the counts)", times,
+                         Counter({name: count / (2 * rounds) for name, count in calls.items()})))
+    relay_server.serve_request = serve  # type: ignore[assignment]
+    return rows
 
 
 def main() -> None:
+    import asyncio
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=200)
     rounds = parser.parse_args().rounds
-    over_sockets(rounds)
+    relay = asyncio.run(relay_rows(rounds))
 
     from dataclasses import replace
 
@@ -187,12 +210,9 @@ def main() -> None:
             client.send(client.message("resumed", {"start": "PT0S", "discarded": "PT0S"}))
         rows.append(("pause (control; with resume and the client's answers in the counts)", pause_times,
                      Counter({name: count / rounds for name, count in calls.items()})))
-        baseline = statistics.median(rows[0][1])
-        print(f"control path, API Gateway front, moto in-process, {rounds} rounds")
-        for name, times, per_call in rows:
-            print(f"  {name}: p50 {statistics.median(times):.2f} ms, p99 {percentile(times, 99):.2f} ms "
-                  f"({statistics.median(times) / baseline:.2f}x the ping); AWS calls "
-                  + ", ".join(f"{api} {count:g}" for api, count in sorted(per_call.items())))
+        report(f"control path, API Gateway front, moto in-process, {rounds} rounds", rows)
+    report(f"control path, relay front, moto server + relay in this process, {rounds} rounds; "
+           "each action's record joins the relay's next PutRecords batch", relay)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,20 @@ class Settings:
     relay_drain_s: int = 60
     # How often the relay publishes its CloudWatch metrics (EMF lines on stdout).
     relay_metrics_s: int = 60
+    # Relay control listener (docs/control.md): its port (second port, never behind the load
+    # balancer; 0 = any free port, locally); the address other components reach it at when no
+    # ECS task metadata says it (empty: the relay's bind host, 127.0.0.1 for 0.0.0.0); the role
+    # ARNs whose presigned GetCallerIdentity it accepts (comma separated; empty: control off);
+    # how often it polls the ECS task metadata for DesiredStatus STOPPED (ms).
+    relay_control_port: int = 8081
+    relay_control_host: str = ""
+    control_role_arns: str = ""
+    relay_metadata_poll_ms: int = 1000
+    # The Control function runs outside the VPC; a second function inside it (in the relay's
+    # subnets) makes the private call to the owning task. Empty: this process calls the task.
+    control_relay_function: str = ""
+    # Set by ECS in every container (task metadata endpoint v4); empty elsewhere.
+    ecs_metadata_uri: str = ""
     metrics_namespace: str = "AudioHook"
     # Each attempt of an AWS call of the Lambda path: this long to answer, half of it to connect
     # (docs/architecture.md, "Time budget"). Only the local stack raises it: its moto server
@@ -67,6 +81,10 @@ class Settings:
     aws_call_timeout_s: float = 1.0
     # botocore reads AWS_ENDPOINT_URL itself; kept here so a change of it is a change of settings.
     aws_endpoint_url: str = ""
+
+    @property
+    def control_roles(self) -> frozenset[str]:
+        return frozenset(arn.strip() for arn in self.control_role_arns.split(",") if arn.strip())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -96,6 +114,12 @@ class Settings:
             relay_max_buffer_bytes=_int(env, "RELAY_MAX_BUFFER_BYTES", defaults.relay_max_buffer_bytes),
             relay_drain_s=_int(env, "RELAY_DRAIN_S", defaults.relay_drain_s),
             relay_metrics_s=_int(env, "RELAY_METRICS_S", defaults.relay_metrics_s),
+            relay_control_port=_int(env, "RELAY_CONTROL_PORT", defaults.relay_control_port),
+            relay_control_host=env.get("RELAY_CONTROL_HOST", defaults.relay_control_host),
+            control_role_arns=env.get("CONTROL_ROLE_ARNS", defaults.control_role_arns),
+            relay_metadata_poll_ms=_int(env, "RELAY_METADATA_POLL_MS", defaults.relay_metadata_poll_ms),
+            control_relay_function=env.get("CONTROL_RELAY_FUNCTION", defaults.control_relay_function),
+            ecs_metadata_uri=env.get("ECS_CONTAINER_METADATA_URI_V4", defaults.ecs_metadata_uri),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
             aws_call_timeout_s=float(env.get("AWS_CALL_TIMEOUT_S", "").strip() or defaults.aws_call_timeout_s),
             metrics_namespace=env.get("POWERTOOLS_METRICS_NAMESPACE", defaults.metrics_namespace),

@@ -13,7 +13,7 @@ import pytest
 from test_iam_identity import REGION, role_credentials, sts_server  # noqa: F401 - the `sts` fixture
 
 from audiohook.aws.control import Controller, ControlResult, SessionLocation
-from audiohook.aws.relay_control import RelayFront, serve_request
+from audiohook.aws.relay_control import InvokedRelayFront, RelayFront, forward, serve_request
 from audiohook.config import Settings
 from audiohook.media import parse_preference
 from audiohook.session import Outcome, Pause, Policy, SendEvent, Session, act, receive_text
@@ -134,3 +134,34 @@ def test_the_controller_hands_a_relay_session_to_the_relay_front_and_says_so_wit
                                                          "relay control path is configured")
     on_api = SessionLocation(SESSION_ID, "c", ORG_ID, "ACTIVE")
     assert Controller(Directory(on_api), api, relay).pause(SESSION_ID).reason == "api"
+
+
+def test_the_control_function_outside_the_vpc_reaches_the_task_through_the_function_inside(task, sts):
+    running, _, credentials = task
+    inside = RelayFront(lambda: credentials, REGION, endpoint=sts)
+    # What Lambda does between the two: the payload and the answer travel as JSON.
+    outside = InvokedRelayFront(lambda payload: json.loads(json.dumps(forward(inside, json.loads(json.dumps(payload))))))
+    result = outside.apply(location(running), Pause())
+    assert (result.delivered, result.code, result.message["type"]) == (True, "delivered", "pause")
+    assert running.session.server_paused
+
+
+def test_the_function_inside_the_vpc_takes_one_action_for_a_located_session_only(task, sts):
+    running, _, credentials = task
+    inside = RelayFront(lambda: credentials, REGION, endpoint=sts)
+    answer = forward(inside, {"location": {"sessionId": SESSION_ID},
+                              "request": {"action": "pause", "sessionId": SESSION_ID}})
+    assert (answer["code"], answer["reason"]) == (
+        "bad_request", "the relay control function takes a location with an owner and one action")
+    assert not running.session.server_paused
+
+
+def test_a_failed_invocation_is_unreachable_with_its_reason(task):
+    running, _, _ = task
+
+    def invoke(payload):
+        raise RuntimeError("Task timed out after 10.00 seconds")
+
+    result = InvokedRelayFront(invoke).apply(location(running), Pause())
+    assert (result.delivered, result.code, result.reason) == (
+        False, "unreachable", "the relay control function failed: RuntimeError: Task timed out after 10.00 seconds")

@@ -169,4 +169,4 @@ def test_relay_autoscaling_on_sessions_per_task_and_cpu(template: dict[str, Any]
 
 def test_operations_add_no_iam_role_or_policy(template: dict[str, Any]) -> None:
     iam = {name for name, r in template["Resources"].items() if r["Type"].startswith("AWS::IAM::")}
-    assert iam == {"ApiGatewayLoggingRole", "RelayExecutionRole", "RelayTaskRole"}
+    assert iam == {"ApiGatewayLoggingRole", "RelayExecutionRole", "RelayTaskRole", "ControlRelayFunctionRole"}

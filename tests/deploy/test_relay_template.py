@@ -78,7 +78,8 @@ def test_fargate_arm64_task_runs_the_relay_with_the_settings_the_code_reads(temp
     assert task["RuntimePlatform"] == {"CpuArchitecture": "ARM64", "OperatingSystemFamily": "LINUX"}
     (container,) = task["ContainerDefinitions"]
     assert container["Image"] == {"Ref": "RelayImageUri"}
-    assert container["PortMappings"] == [{"ContainerPort": 8080, "Protocol": "tcp"}]
+    assert container["PortMappings"] == [{"ContainerPort": 8080, "Protocol": "tcp"},
+                                         {"ContainerPort": 8081, "Protocol": "tcp"}]
     env = {item["Name"]: item["Value"] for item in container["Environment"]}
     assert set(env) - POWERTOOLS_ENV <= settings_env_names(), set(env) - settings_env_names()
     assert {"SESSIONS_TABLE", "AUDIO_STREAM", "API_KEYS_SECRET", "MEDIA_PREFERENCE", "RELAY_PORT"} <= set(env)
@@ -147,9 +148,71 @@ def test_only_the_load_balancer_reaches_the_tasks(template: dict[str, Any]) -> N
     assert [(r["FromPort"], r["CidrIp"]) for r in alb["SecurityGroupIngress"]] == [(443, "0.0.0.0/0")]
     tasks = groups["RelayTaskSecurityGroup"]
     assert "SecurityGroupIngress" not in tasks
-    (ingress,) = [r["Properties"] for r in relay_resources(template).values()
-                  if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
-    assert ingress["SourceSecurityGroupId"] == {"Fn::GetAtt": ["RelayLoadBalancerSecurityGroup", "GroupId"]}
-    assert (ingress["FromPort"], ingress["ToPort"]) == (8080, 8080)
+    ingresses = {r["Properties"]["SourceSecurityGroupId"]["Fn::GetAtt"][0]: r["Properties"]
+                 for r in relay_resources(template).values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"}
+    assert {source: (i["GroupId"], i["FromPort"], i["ToPort"]) for source, i in ingresses.items()} == {
+        # WebSocket and health checks from the load balancer; control requests from the
+        # function inside the VPC, never through the load balancer.
+        "RelayLoadBalancerSecurityGroup": ({"Fn::GetAtt": ["RelayTaskSecurityGroup", "GroupId"]}, 8080, 8080),
+        "ControlRelaySecurityGroup": ({"Fn::GetAtt": ["RelayTaskSecurityGroup", "GroupId"]}, 8081, 8081),
+    }
+    assert [(r["FromPort"], r["ToPort"]) for r in alb["SecurityGroupEgress"]] == [(8080, 8080)]
     service = only(template, "AWS::ECS::Service")
-    assert service["LoadBalancers"][0]["ContainerPort"] == 8080
+    assert service["LoadBalancers"] == [{"ContainerName": "relay", "ContainerPort": 8080,
+                                         "TargetGroupArn": {"Ref": "RelayTargetGroup"}}]
+
+
+def test_the_control_path_runs_in_the_vpc_and_its_role_is_the_only_one_the_tasks_accept(
+        template: dict[str, Any]) -> None:
+    resources = template["Resources"]
+    function = resources["ControlRelayFunction"]
+    assert function["Condition"] == "CreateRelay"
+    props = function["Properties"]
+    assert props["VpcConfig"] == {
+        "SubnetIds": {"Fn::Split": [",", {"Fn::Join": [",", {"Ref": "RelaySubnetIds"}]}]},
+        "SecurityGroupIds": [{"Fn::GetAtt": ["ControlRelaySecurityGroup", "GroupId"]}]}
+    assert props["Role"] == {"Fn::GetAtt": ["ControlRelayFunctionRole", "Arn"]}
+    assert "relay_forward_handler()" in props["Code"]["ZipFile"] and props["Handler"] == "index.handler"
+    group = resources["ControlRelaySecurityGroup"]["Properties"]
+    assert "SecurityGroupIngress" not in group
+    assert group["SecurityGroupEgress"] == [{
+        "Description": "control requests to the relay tasks", "IpProtocol": "tcp", "FromPort": 8081, "ToPort": 8081,
+        "DestinationSecurityGroupId": {"Fn::GetAtt": ["RelayTaskSecurityGroup", "GroupId"]}}]
+    (container,) = only(template, "AWS::ECS::TaskDefinition")["ContainerDefinitions"]
+    env = {item["Name"]: item["Value"] for item in container["Environment"]}
+    assert env["RELAY_CONTROL_PORT"] == "8081"
+    assert env["CONTROL_ROLE_ARNS"] == {"Fn::GetAtt": ["ControlRelayFunctionRole", "Arn"]}
+    control_env = resources["ControlFunction"]["Properties"]["Environment"]["Variables"]
+    assert control_env["CONTROL_RELAY_FUNCTION"] == {"Fn::If": ["CreateRelay", {"Ref": "ControlRelayFunction"}, ""]}
+
+
+def test_the_control_relay_role_may_only_log_and_attach_to_the_relay_vpc(template: dict[str, Any]) -> None:
+    role = template["Resources"]["ControlRelayFunctionRole"]
+    assert role["Condition"] == "CreateRelay"
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "lambda.amazonaws.com"}
+    assert "ManagedPolicyArns" not in role["Properties"]
+    (policy,) = role["Properties"]["Policies"]
+    grants = {}
+    for statement in policy["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in actions:
+            grants[action] = (statement["Resource"], statement.get("Condition"))
+    in_vpc = {"ArnEquals": {"ec2:Vpc": {
+        "Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:vpc/${RelayVpcId}"}}}
+    interface = {"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:network-interface/*"}
+    assert grants == {
+        "logs:CreateLogStream": ({"Fn::GetAtt": ["ControlRelayFunctionLogGroup", "Arn"]}, None),
+        "logs:PutLogEvents": ({"Fn::GetAtt": ["ControlRelayFunctionLogGroup", "Arn"]}, None),
+        "ec2:DescribeNetworkInterfaces": ("*", None),
+        "ec2:DescribeSubnets": ("*", None),
+        "ec2:CreateNetworkInterface": ([
+            interface,
+            {"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:subnet/*"},
+            {"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:security-group/"
+                        "${ControlRelaySecurityGroup.GroupId}"}], in_vpc),
+        "ec2:DeleteNetworkInterface": (interface, in_vpc),
+        "ec2:AssignPrivateIpAddresses": (interface, in_vpc),
+        "ec2:UnassignPrivateIpAddresses": (interface, in_vpc),
+    }

@@ -614,7 +614,8 @@ def test_health_and_metrics(aws: Aws) -> None:
     assert plain[0] == 426  # a plain GET that is not a WebSocket upgrade
 
 
-def test_drain_refuses_new_sessions_and_disconnects_the_rest_after_the_deadline(aws: Aws) -> None:
+def test_drain_asks_every_session_to_reconnect_refuses_new_ones_and_disconnects_the_rest_after_the_deadline(
+        aws: Aws) -> None:
     staying, leaving = str(uuid.uuid4()), str(uuid.uuid4())
 
     async def scenario() -> dict[str, Any]:
@@ -630,32 +631,37 @@ def test_drain_refuses_new_sessions_and_disconnects_the_rest_after_the_deadline(
             health = await http_get(http_url(relay, "/health"))
             with pytest.raises(InvalidStatus) as refused:
                 await open_socket(relay, str(uuid.uuid4()))
-            # One session ends by itself within the grace period...
+            # Every session is asked to move; one leaves within the grace period (reason reconnect)...
+            told_to_move = {session_id: await receive(ws) for session_id, ws in sockets.items()}
             ws = sockets[leaving]
-            await ws.send(json.dumps(message(leaving, "close", 2, 1, {"reason": "end"})))
+            await ws.send(json.dumps(message(leaving, "close", 2, 2, {"reason": "reconnect"})))
             assert (await receive(ws))["type"] == "closed"
             await ws.close()
             # ...the other is told to go once the deadline has passed, and closes.
             ws = sockets[staying]
             told = await receive(ws, timeout_s=5)
-            await ws.send(json.dumps(message(staying, "close", 2, 2, {"reason": "disconnect"})))
+            await ws.send(json.dumps(message(staying, "close", 2, 3, {"reason": "disconnect"})))
             closed = await receive(ws)
             await ws.close()
             await drain
-            return {"health": health, "refused": refused.value.response.status_code, "told": told,
-                    "closed": closed, "metrics": relay.metrics()}
+            return {"health": health, "refused": refused.value.response.status_code, "moved": told_to_move,
+                    "told": told, "closed": closed, "metrics": relay.metrics()}
 
     got = run(scenario())
 
     assert got["health"] == (503, "draining\n")
     assert got["refused"] == 503
-    assert got["told"] == {"version": "2", "type": "disconnect", "seq": 2, "clientseq": 1, "id": staying,
+    assert got["moved"] == {session_id: {
+        "version": "2", "type": "reconnect", "seq": 2, "clientseq": 1, "id": session_id,
+        "parameters": {"info": "server task stopping: continue on a new connection"}} for session_id in (staying, leaving)}
+    assert got["told"] == {"version": "2", "type": "disconnect", "seq": 3, "clientseq": 1, "id": staying,
                            "parameters": {"reason": "completed", "info": "server shutting down"}}
-    assert (got["closed"]["type"], got["closed"]["seq"], got["closed"]["clientseq"]) == ("closed", 3, 2)
+    assert (got["closed"]["type"], got["closed"]["seq"], got["closed"]["clientseq"]) == ("closed", 4, 2)
     assert got["metrics"]["upgrades_refused_draining"] == 1 and got["metrics"]["sessions"] == 0
     assert [r.event for r in lifecycle_of(session_records(aws, staying))] == [
-        "opened", "disconnecting", "closed", "disconnected"]
-    assert [r.event for r in lifecycle_of(session_records(aws, leaving))] == ["opened", "closed", "disconnected"]
+        "opened", "reconnecting", "disconnecting", "closed", "disconnected"]
+    assert [r.event for r in lifecycle_of(session_records(aws, leaving))] == [
+        "opened", "reconnecting", "closed", "disconnected"]
     assert all(len(audio_of(session_records(aws, s))) == 1 for s in (staying, leaving))
 
 
@@ -709,10 +715,11 @@ def test_the_relay_process_drains_on_sigterm_and_exits_0(tmp_path: Any) -> None:
         logs = (tmp_path / "relay.log").read_text()
         records = [decode_record(data) for _, data in _read(embedded)]
     assert got["health"] == (503, "draining\n")
+    assert (got["moved"]["type"], got["moved"]["seq"]) == ("reconnect", 2)
     assert got["told"]["parameters"] == {"reason": "completed", "info": "server shutting down"}
     assert got["closed"]["type"] == "closed"
     events = [r.event for r in records if isinstance(r, LifecycleRecord) and r.session_id == got["session_id"]]
-    assert events == ["opened", "disconnecting", "closed", "disconnected"]
+    assert events == ["opened", "reconnecting", "disconnecting", "closed", "disconnected"]
     assert any(isinstance(r, AudioRecord) and r.session_id == got["session_id"] for r in records)
     lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     assert any(line.get("message") == "relay drained" for line in lines)
@@ -753,7 +760,44 @@ async def _drain_the_process(process: subprocess.Popen[bytes], port: int, api_ke
             if health[0] == 503:
                 break
             await asyncio.sleep(0.02)
+        moved = await receive(ws, timeout_s=10)  # this client does not move: disconnected at the deadline
         told = await receive(ws, timeout_s=10)
-        await ws.send(json.dumps(message(session_id, "close", 2, 2, {"reason": "disconnect"})))
+        await ws.send(json.dumps(message(session_id, "close", 2, 3, {"reason": "disconnect"})))
         closed = await receive(ws)
-    return {"health": health, "told": told, "closed": closed, "session_id": session_id}
+    return {"health": health, "moved": moved, "told": told, "closed": closed, "session_id": session_id}
+
+
+def test_an_open_continuing_a_session_is_checked_against_its_item_and_what_follows_it_waits_in_order(aws: Aws) -> None:
+    old, new, stranger = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    other_conversation = "6f0c7a44-3c55-4a3e-9d3c-0b8a6f1c2e77"
+
+    async def scenario() -> dict[str, Any]:
+        async with quick_relay(relay_service(aws)) as relay:
+            ws_old = await open_socket(relay, old)
+            await ws_old.send(json.dumps(message(old, "open", 1, 0, open_parameters(*CALL_IDS))))
+            assert (await receive(ws_old))["type"] == "opened"
+            continued = {"continuedSessions": [{"id": old, "serverseq": 1, "clientseq": 1}]}
+            ws_new = await open_socket(relay, new)
+            # The open, then audio and a ping at once: applied after the lookup, in this order.
+            await ws_new.send(json.dumps(message(new, "open", 1, 0, open_parameters(*CALL_IDS) | continued)))
+            await ws_new.send(frame(1))
+            await ws_new.send(json.dumps(message(new, "ping", 2, 1)))
+            answers = [await receive(ws_new), await receive(ws_new)]
+            ws_stranger = await open_socket(relay, stranger)
+            await ws_stranger.send(json.dumps(message(
+                stranger, "open", 1, 0, open_parameters(other_conversation, CALL_IDS[1]) | continued)))
+            refused = await receive(ws_stranger)
+            for ws in (ws_old, ws_new, ws_stranger):
+                await ws.close()
+            return {"answers": answers, "refused": refused}
+
+    got = run(scenario())
+
+    assert [(m["type"], m["seq"], m["clientseq"]) for m in got["answers"]] == [("opened", 1, 1), ("pong", 2, 2)]
+    opened = next(r for r in lifecycle_of(session_records(aws, new)) if r.event == "opened")
+    assert opened.data["continuedSessions"] == [{"id": old, "serverseq": 1, "clientseq": 1, "verified": True}]
+    assert len(audio_of(session_records(aws, new))) == 1
+    assert got["refused"] == {
+        "version": "2", "type": "disconnect", "seq": 1, "clientseq": 1, "id": stranger,
+        "parameters": {"reason": "error", "info": f"open.parameters.continuedSessions[0].id {old} belongs to "
+                                                  f"conversation {CALL_IDS[0]}, not {other_conversation}"}}

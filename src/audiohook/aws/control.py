@@ -294,7 +294,39 @@ def build_controller(settings: Settings | None = None, **clients: Any) -> Contro
     service.poster_for = lambda _event: poster
     dynamodb = clients.get("dynamodb") or client("dynamodb")
     return Controller(SessionDirectory(dynamodb, settings.sessions_table),
-                      LambdaFront(service, wait_s=settings.control_wait_ms / 1000))
+                      LambdaFront(service, wait_s=settings.control_wait_ms / 1000),
+                      clients.get("relay") or relay_front(settings))
+
+
+def relay_front(settings: Settings) -> Front:
+    """The path to relay tasks. Deployed: the ControlRelay function inside the VPC
+    (``CONTROL_RELAY_FUNCTION``). Otherwise (local stack, a caller inside the VPC) this process
+    calls the task itself, its own credentials signing the identity (the embedded AWS's user
+    locally), checked by STS of the region or of ``AWS_ENDPOINT_URL``."""
+    from audiohook.aws.relay_control import InvokedRelayFront, RelayFront
+    from audiohook.aws.wiring import _botocore, client
+
+    if settings.control_relay_function:
+        from botocore.config import Config
+
+        # One attempt: a retried invocation could apply the action twice. Long enough for a
+        # cold start in the VPC plus the task's STS check, inside the Control function's 10 s.
+        lambda_client = client("lambda", Config(retries={"total_max_attempts": 1}, connect_timeout=1,
+                                                read_timeout=8))
+
+        def invoke(payload: dict[str, Any]) -> dict[str, Any]:
+            response = lambda_client.invoke(FunctionName=settings.control_relay_function,
+                                            Payload=json.dumps(payload).encode())
+            answer: dict[str, Any] = json.loads(response["Payload"].read())
+            if "FunctionError" in response:
+                raise RuntimeError(answer.get("errorMessage", "function error"))
+            return answer
+
+        return InvokedRelayFront(invoke)
+    session = _botocore()
+    region = str(session.get_config_variable("region") or "us-east-1")
+    endpoint = settings.aws_endpoint_url.rstrip("/") + "/" if settings.aws_endpoint_url else None
+    return RelayFront(session.get_credentials, region, endpoint=endpoint)
 
 
 # --- the Control Lambda's payload ---------------------------------------------------------------

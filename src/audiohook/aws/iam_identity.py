@@ -146,6 +146,8 @@ def verify_identity(
     if not arn:
         return IdentityVerdict(False, "STS answered without an Arn")
     role = role_of(arn)
-    if role is None or not any(_same_role(role, allowed) for allowed in allowed_roles):
+    # A role's sessions are accepted by the role's ARN; any other principal (the local stack's
+    # IAM user) only by its exact ARN.
+    if arn not in allowed_roles and (role is None or not any(_same_role(role, allowed) for allowed in allowed_roles)):
         return IdentityVerdict(False, f"{arn} is not an allowed control role", arn)
     return IdentityVerdict(True, "caller verified by STS", arn)

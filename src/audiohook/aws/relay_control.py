@@ -84,6 +84,52 @@ class RelayFront:
                              f"relay task {owner} answered HTTP {status}: {reason or 'no reason'}", location.state)
 
 
+class InvokedRelayFront:
+    """The Control function's relay path when it runs outside the VPC: the ControlRelay
+    function, inside the VPC next to the relay tasks, makes the private call
+    (:func:`relay_forward_handler`); its answer is the task's result."""
+
+    def __init__(self, invoke: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self._invoke = invoke
+
+    def apply(self, location: SessionLocation, action: ServerAction) -> ControlResult:
+        try:
+            answer = self._invoke({"location": location.to_dict(),
+                                   "request": request_payload(location.session_id, action)})
+            return ControlResult.from_dict(answer)
+        except Exception as error:  # an invocation error or an answer without a result
+            return ControlResult(action.name, location.session_id, False, "unreachable",
+                                 f"the relay control function failed: {type(error).__name__}: {error}",
+                                 location.state)
+
+
+def forward(front: RelayFront, event: dict[str, Any]) -> dict[str, Any]:
+    """The ControlRelay function's work: one action to the task named in ``location.owner``."""
+    location, payload = event.get("location") or {}, event.get("request")
+    request = parse_request(payload)
+    if isinstance(request, ControlResult):
+        return request.to_dict()
+    if not location.get("owner") or request.sessionId is None or request.action == "lookup":
+        return ControlResult(request.action, request.sessionId, False, "bad_request",
+                             "the relay control function takes a location with an owner and one action").to_dict()
+    where = SessionLocation(request.sessionId, str(location.get("connectionId", "")), location.get("conversationId"),
+                            str(location.get("state", "")), str(location["owner"]))
+    return front.apply(where, server_action(request)).to_dict()
+
+
+def relay_forward_handler() -> Callable[[dict[str, Any], Any], dict[str, Any]]:
+    """The ControlRelay Lambda's entry point: signs with its own role (the one relay tasks accept)."""
+    from audiohook.aws.wiring import _botocore
+
+    session = _botocore()
+    front = RelayFront(session.get_credentials, str(session.get_config_variable("region") or "us-east-1"))
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        return forward(front, event)
+
+    return handler
+
+
 def serve_request(
     body: bytes, headers: Mapping[str, str], *, audience: str, allowed_roles: frozenset[str], endpoint: str,
     now: datetime, apply: Callable[[str, ServerAction], ControlResult],

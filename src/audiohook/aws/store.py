@@ -130,7 +130,9 @@ class SessionStore:
             return bool(connection_id) and seen_by == connection_id
         return True
 
-    def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
+    def create(self, connection_id: str, session: Session, api_key: str | None, owner: str | None = None) -> None:
+        """``owner``: the private control address of the relay task holding the connection
+        (docs/control.md); the API Gateway front has none."""
         now = self._clock()
         item = _visible(session) | {
             "pk": {"S": f"conn#{connection_id}"}, "connectionId": {"S": connection_id},
@@ -140,6 +142,8 @@ class SessionStore:
         }
         if api_key:
             item["apiKey"] = {"S": api_key}
+        if owner:
+            item["owner"] = {"S": owner}
         self.calls += 1
         try:
             self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")

@@ -864,7 +864,11 @@ class LocalStack:
 
         # Same settings as the handlers (the template's environment, resolved locally).
         service = await asyncio.to_thread(build_relay_service, Settings.from_env(self.aws.env()))
-        return await Relay(service, host=self._host, port=self._relay_port).start()
+        # Its control port takes requests signed by the embedded AWS's identity (what
+        # `audiohook control` and build_controller sign with locally), verified by its STS.
+        caller = await asyncio.to_thread(lambda: self.aws.client("sts").get_caller_identity()["Arn"])
+        return await Relay(service, host=self._host, port=self._relay_port, control_port=0,
+                           control_roles=frozenset({caller})).start()
 
     async def stop(self) -> None:
         if self._relay is not None:

@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import signal
@@ -73,6 +74,9 @@ from picows.picows import WSProtocol  # type: ignore[import-not-found]
 
 from audiohook import metrics as M
 from audiohook.aws.apigw import Connection
+from audiohook.aws.control import ControlResult, SessionDirectory
+from audiohook.aws.iam_identity import sts_endpoint
+from audiohook.aws.relay_control import CONTROL_PATH, serve_request
 from audiohook.aws.service import AudioHookService, RecordWriter, RouteResult
 from audiohook.aws.store import SessionStore, StoredSession
 from audiohook.aws.stream import KinesisWriter, PreparedBodies, PutOutcome
@@ -81,7 +85,19 @@ from audiohook.protocol import parse_client_message
 from audiohook.records import encode_lifecycle_record
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
 from audiohook.relay.metrics import RelayMetrics
-from audiohook.session import Outcome, Session, disconnect, finish, receive, receive_audio
+from audiohook.session import (
+    Outcome,
+    Reconnect,
+    Refused,
+    ServerAction,
+    Session,
+    act,
+    continued_session_ids,
+    disconnect,
+    finish,
+    receive,
+    receive_audio,
+)
 
 logger = Logger(service="audiohook")
 
@@ -96,6 +112,9 @@ UPGRADE_TIMEOUT_S = 10.0  # to receive the upgrade request
 MAX_UNSENT_BYTES = 1024 * 1024  # replies a client leaves unread beyond this: treated as gone
 METRICS_LOG_INTERVAL_S = 60.0
 SHUTDOWN_INFO = "server shutting down"
+RECONNECT_INFO = "server task stopping: continue on a new connection"
+MAX_CONTROL_REQUEST_BYTES = 256 * 1024  # an event is at most 64 KiB; its JSON request a little more
+CONTROL_APPLY_TIMEOUT_S = 5.0
 
 _T = TypeVar("_T")
 
@@ -110,9 +129,10 @@ class CachedSessionStore(SessionStore):
         # No super().__init__(): every DynamoDB call goes through ``inner``.
         self._inner = inner
         self._created: dict[str, StoredSession] = {}
+        self.owner: str | None = None  # this task's control address, recorded in each session item
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("_inner", "_created"):
+        if name in ("_inner", "_created", "owner"):
             raise AttributeError(name)
         return getattr(self._inner, name)
 
@@ -127,8 +147,8 @@ class CachedSessionStore(SessionStore):
     def remember_nonce(self, nonce: str, expires_at: int, connection_id: str = "") -> bool:
         return self._inner.remember_nonce(nonce, expires_at, connection_id)
 
-    def create(self, connection_id: str, session: Session, api_key: str | None) -> None:
-        self._inner.create(connection_id, session, api_key)
+    def create(self, connection_id: str, session: Session, api_key: str | None, owner: str | None = None) -> None:
+        self._inner.create(connection_id, session, api_key, owner=owner or self.owner)
         self._created[connection_id] = StoredSession(connection_id, session, version=1, delivered=0, api_key=api_key)
 
     def load(self, connection_id: str) -> StoredSession | None:
@@ -298,6 +318,9 @@ class _Link(WSListener):  # type: ignore[misc]
         self.finished = False
         self.dirty = False  # state changed since the last save began
         self.saver: asyncio.Task[None] | None = None
+        # Frames that arrived while an ``open`` waits for its continued sessions' lookup,
+        # applied after it in arrival order (None: no lookup running).
+        self.backlog: list[tuple[bool, bytes]] | None = None
 
     def log(self) -> dict[str, Any]:
         return {"connection_id": self.id, "session_id": self.session.session_id,
@@ -369,6 +392,60 @@ class _Link(WSListener):  # type: ignore[misc]
         transport.disconnect()
 
 
+# --------------------------------------------------------------------------- control listener
+class _ControlGate(asyncio.Protocol):
+    """One HTTP/1.1 request on the control port (``POST /control``), answered, then closed."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._data = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self._taken = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        assert self.transport is not None
+        self._timer = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT_S, self.transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        if self._taken:
+            return
+        self._data += data
+        end = self._data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._data) > MAX_REQUEST_HEAD_BYTES:
+                self.answer(413, {"code": "bad_request", "reason": "request head too large"})
+            return
+        request = _parse_request(bytes(self._data[:end]))
+        if request is None:
+            self.answer(400, {"code": "bad_request", "reason": "not an HTTP/1.1 request"})
+            return
+        try:
+            length = int(request.header("Content-Length") or "0")
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_CONTROL_REQUEST_BYTES:
+            self.answer(413, {"code": "bad_request", "reason": f"the body must be 0..{MAX_CONTROL_REQUEST_BYTES} bytes"})
+            return
+        if len(self._data) < end + 4 + length:
+            return
+        self._taken = True
+        self._timer.cancel()
+        if request.method != "POST" or request.target.partition("?")[0] != CONTROL_PATH:
+            self.answer(404, {"code": "bad_request", "reason": f"POST {CONTROL_PATH} is the only request here"})
+            return
+        self._relay._spawn(self._relay._control(self, request, bytes(self._data[end + 4:end + 4 + length])))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+
+    def answer(self, status: int, document: dict[str, Any]) -> None:
+        self._taken = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_http_answer(status, json.dumps(document), "application/json"))
+            self.transport.close()
+
+
 # --------------------------------------------------------------------------- the relay
 class Relay:
     """The relay server. ``async with Relay(service, host="127.0.0.1", port=0) as relay: relay.url``.
@@ -395,6 +472,13 @@ class Relay:
         workers: int = 16,
         final_flush_s: float = 15.0,
         metrics_interval_s: float | None = None,
+        control_port: int | None = None,
+        control_roles: frozenset[str] | None = None,
+        control_address: str | None = None,
+        sts_url: str | None = None,
+        metadata_uri: str | None = None,
+        metadata_poll_s: float | None = None,
+        directory: SessionDirectory | None = None,
     ) -> None:
         settings = service.settings
         self.host = host
@@ -443,6 +527,19 @@ class Relay:
         self._stopping = False
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
+        # Control listener (docs/control.md): on when some role may act on this task's sessions.
+        self.control_roles = settings.control_roles if control_roles is None else control_roles
+        self._control_port = settings.relay_control_port if control_port is None else control_port
+        self._control_address = control_address or settings.relay_control_host
+        endpoint = settings.aws_endpoint_url
+        self.sts_url = sts_url or (endpoint.rstrip("/") + "/" if endpoint else sts_endpoint(_region()))
+        self._control_server: asyncio.Server | None = None
+        # ECS: the task's address, and DesiredStatus STOPPED as the earliest sign of a stop.
+        self._metadata_uri = settings.ecs_metadata_uri if metadata_uri is None else metadata_uri
+        self._metadata_poll_s = (settings.relay_metadata_poll_ms / 1000 if metadata_poll_s is None
+                                 else metadata_poll_s)
+        # continuedSessions are looked up in the sessions table (the old session's item).
+        self.directory = directory or SessionDirectory(service.store._client, settings.sessions_table)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> Self:
@@ -452,12 +549,37 @@ class Relay:
         self._no_links.set()
         self._server = await self._loop.create_server(lambda: _UpgradeGate(self), self.host, self._port,
                                                       reuse_address=True, backlog=4096)
+        if self.control_roles:
+            self._control_server = await self._loop.create_server(lambda: _ControlGate(self), self.host,
+                                                                  self._control_port, reuse_address=True)
+            self.store.owner = await self._owner_address()
+        if self._metadata_uri:
+            self._spawn(self._watch_task_metadata())
         self._flusher = self._spawn(self._flush_loop())
         self._spawn(self._log_metrics())
         self._spawn(self.emf.run(self, self._metrics_interval_s))
         logger.info("relay listening", extra={"url": self.url, "flush_ms": self._flush_s * 1000,
-                                             "max_buffer_bytes": self.buffer.max_bytes, "drain_s": self.drain_s})
+                                             "max_buffer_bytes": self.buffer.max_bytes, "drain_s": self.drain_s,
+                                             "control": self.control_address})
         return self
+
+    async def _owner_address(self) -> str:
+        """``ip:port`` other components reach the control port at (recorded as ``owner``)."""
+        assert self._control_server is not None
+        port = int(self._control_server.sockets[0].getsockname()[1])
+        host = self._control_address
+        if not host and self._metadata_uri:
+            from audiohook.relay.ecs import task_address
+
+            host = await self._call(task_address, self._metadata_uri)
+        if not host:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{host}:{port}"
+
+    @property
+    def control_address(self) -> str | None:
+        """This task's control listener (``ip:port``), None when control is off."""
+        return self.store.owner
 
     async def stop(self) -> None:
         """Drain with no grace period (sessions still open get ``disconnect`` at once)."""
@@ -504,6 +626,10 @@ class Relay:
 
     def sessions(self) -> int:
         return len(self._links)
+
+    def session_ids(self) -> list[str]:
+        """The ids of the sessions this relay holds (opened or not yet)."""
+        return [link.session.session_id for link in self._links.values() if link.session.session_id]
 
     def metrics(self) -> dict[str, Any]:
         c, b = self.counters, self.buffer.counters
@@ -624,6 +750,9 @@ class Relay:
     # ------------------------------------------------------------------ the connection's driver
     def _audio(self, link: _Link, frame: bytes) -> None:
         """The per-frame hot path: account the frame in the core, queue it for Kinesis."""
+        if link.backlog is not None:
+            link.backlog.append((False, frame))
+            return
         session = link.session
         start = session.position
         problem = receive_audio(session, len(frame))
@@ -647,9 +776,16 @@ class Relay:
             self._pause(link)
 
     def _text(self, link: _Link, data: bytes) -> None:
+        if link.backlog is not None:
+            link.backlog.append((True, data))
+            return
         self.counters.messages += 1
         try:
             message = parse_client_message(data)
+            continued = continued_session_ids(message)
+            if continued:
+                self._look_up_continued(link, message, continued)
+                return
             outcome = receive(link.session, message, self._policy, self._clock())
         except Exception:
             logger.exception("message failed", extra=link.log())
@@ -657,8 +793,37 @@ class Relay:
             return
         self._apply(link, outcome)
 
-    def _apply(self, link: _Link, outcome: Outcome) -> None:
-        """Send the replies (in seq order), queue the lifecycle records, save the session."""
+    def _look_up_continued(self, link: _Link, message: Any, session_ids: list[str]) -> None:
+        """An ``open`` continuing other sessions: they are looked up (off the loop) before it is
+        applied; what arrives meanwhile waits, in order, and the socket is not read."""
+        link.backlog = []
+        if link.transport is not None:
+            link.transport.underlying_transport.pause_reading()
+        self._spawn(self._open_continued(link, message, session_ids))
+
+    async def _open_continued(self, link: _Link, message: Any, session_ids: list[str]) -> None:
+        try:
+            found: Any = await self._call(self.directory.continued, session_ids)
+        except Exception:  # applied unverified: the opened record says so
+            logger.exception("continued sessions not looked up", extra=link.log() | {"continued": session_ids})
+            self.counters.errors += 1
+            found = None
+        if not link.finished:
+            self._apply(link, receive(link.session, message, self._policy, self._clock(), found))
+        backlog, link.backlog = link.backlog or [], None
+        for is_text, data in backlog:
+            if link.backlog is not None:  # another lookup started: the rest waits behind it
+                link.backlog.append((is_text, data))
+            elif is_text:
+                self._text(link, data)
+            else:
+                self._audio(link, data)
+        if link.backlog is None and link.transport is not None and not link.transport.is_disconnected:
+            link.transport.underlying_transport.resume_reading()
+
+    def _apply(self, link: _Link, outcome: Outcome) -> bool:
+        """Send the replies (in seq order), queue the lifecycle records, save the session.
+        False: there were replies and the connection was gone."""
         session = link.session
         if outcome.violation:
             # With a reply it is the session's one protocol error; without, input after the end.
@@ -667,13 +832,90 @@ class Relay:
             log("protocol error" if outcome.replies else "input ignored",
                 extra=link.log() | {"info": outcome.violation})
         self.service.count_outcome(session, outcome)
+        sent = True
         if outcome.replies:
-            if not link.send_texts([reply.to_json() for reply in outcome.replies]):
+            sent = link.send_texts([reply.to_json() for reply in outcome.replies])
+            if not sent:
                 logger.info("connection gone; replies dropped", extra=link.log())
                 self.service.metric(M.GONE_CONNECTIONS)
         if outcome.lifecycle:
             self._queue_records(link, outcome)
             self._persist(link)
+        elif outcome.replies and session.reconnect_seq is not None:
+            # The session is moving: the continuing session's open is checked against the seq
+            # in the item, so every reply from now on is written through (a pong included).
+            self._persist(link)
+        return sent
+
+    # ------------------------------------------------------------------ control
+    async def _control(self, gate: _ControlGate, request: _Request, body: bytes) -> None:
+        """One control request: verified with STS and parsed in a worker thread, applied here."""
+        assert self._loop is not None
+        loop = self._loop
+        address = self.control_address or ""
+
+        def apply(session_id: str, action: ServerAction) -> ControlResult:  # worker thread
+            future = asyncio.run_coroutine_threadsafe(self._act_now(session_id, action), loop)
+            return future.result(CONTROL_APPLY_TIMEOUT_S)
+
+        try:
+            status, document = await self._call(functools.partial(
+                serve_request, body, dict(request.headers), audience=address, allowed_roles=self.control_roles,
+                endpoint=self.sts_url, now=datetime.fromtimestamp(self._clock(), UTC), apply=apply))
+        except Exception:
+            logger.exception("control request failed")
+            self.counters.errors += 1
+            status, document = 500, {"code": "error", "reason": "the relay task failed to apply the request"}
+        if status == 403:
+            logger.warning("control request refused", extra={"reason": document.get("reason")})
+        gate.answer(status, document)
+
+    async def _act_now(self, session_id: str, action: ServerAction) -> ControlResult:
+        return self.apply_action(session_id, action)
+
+    def apply_action(self, session_id: str, action: ServerAction) -> ControlResult:
+        """Apply a server-originated action to a session of this task, in the connection's own
+        order (on the event loop, between two client messages), and write it to the socket."""
+        wanted = session_id.lower()
+        link = next((link for link in self._links.values()
+                     if not link.finished and (link.session.session_id or "").lower() == wanted), None)
+        if link is None:
+            return ControlResult(action.name, session_id, False, "unknown_session",
+                                 f"no live session {session_id} on relay task {self.control_address}")
+        outcome = act(link.session, action)
+        if isinstance(outcome, Refused):
+            return ControlResult(action.name, session_id, False, outcome.code, outcome.reason,
+                                 outcome.state or link.session.state.value)
+        message = json.loads(outcome.replies[0].to_json())
+        logger.info("control action", extra=link.log() | {"action": action.name, "seq": message["seq"]})
+        if not self._apply(link, outcome):
+            return ControlResult(action.name, session_id, False, "gone",
+                                 "the connection closed before the message could be written",
+                                 link.session.state.value, message)
+        return ControlResult(action.name, session_id, True, "delivered", "written to the client's socket",
+                             link.session.state.value, message)
+
+    # ------------------------------------------------------------------ ECS task metadata
+    async def _watch_task_metadata(self) -> None:
+        """Drain as soon as ECS wants the task STOPPED (before deregistration ends and SIGTERM)."""
+        from audiohook.relay.ecs import desired_status
+
+        assert self._metadata_uri
+        failing = False
+        while self._drain_task is None:
+            try:
+                status = await self._call(desired_status, self._metadata_uri)
+                failing = False
+            except Exception as error:
+                if not failing:
+                    logger.warning("ECS task metadata not readable", extra={"error": str(error)})
+                failing = True
+                status = ""
+            if status == "STOPPED":
+                logger.info("ECS is stopping this task (DesiredStatus STOPPED)")
+                self.request_drain()
+                return
+            await asyncio.sleep(self._metadata_poll_s)
 
     def _queue_records(self, link: _Link, outcome: Outcome) -> None:
         session = link.session
@@ -857,6 +1099,15 @@ class Relay:
     async def _drain(self, grace_s: float) -> None:
         self.draining = True
         logger.info("draining: new sessions refused", extra={"sessions": len(self._links), "grace_s": grace_s})
+        if grace_s > 0:
+            # Move the calls: each client opens a continuing session elsewhere (the load
+            # balancer no longer sends anything here), then closes this one (reason reconnect).
+            moving = 0
+            for link in list(self._links.values()):
+                session_id = link.session.session_id
+                if session_id and self.apply_action(session_id, Reconnect(RECONNECT_INFO)).delivered:
+                    moving += 1
+            logger.info("reconnect sent", extra={"sessions": moving})
         await self._wait_no_links(grace_s)
         remaining = list(self._links.values())
         if remaining:
@@ -867,6 +1118,9 @@ class Relay:
             await self._wait_no_links(self._close_wait_s)
         if self._server is not None:
             self._server.close()
+        if self._control_server is not None:
+            self._control_server.close()
+            self._control_server = None
         for link in list(self._links.values()):  # the rest: closed, then finished
             link.close(WSCloseCode.GOING_AWAY, SHUTDOWN_INFO)
         await self._wait_no_links(self._close_wait_s)
@@ -886,6 +1140,12 @@ class Relay:
         self.emf.flush(self)  # the last interval, Kinesis' final answers included
         logger.info("relay drained", extra={"metrics": self.metrics()})
         self._drained.set()
+
+
+def _region() -> str:
+    from audiohook.aws.wiring import _botocore
+
+    return str(_botocore().get_config_variable("region") or "us-east-1")
 
 
 def _with_fresh_log_keys(function: Callable[..., _T], *args: Any) -> _T:

@@ -95,6 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"  relay front:        {stack.relay_url}")
             print("      = the stack's RelayUrl: the relay container's code, in this process.")
             print("        Calls with audio (point Genesys' Connection URI here for real calls).")
+            print(f"        control port {stack.relay.control_address}: `audiohook control` reaches its sessions "
+                  "(the sessions table names the owner)")
             print(f"  API key:        {demo.api_key}")
             print(f"  client secret:  {demo.client_secret}")
             print(f"  @connections:   {stack.connections_endpoint}")
