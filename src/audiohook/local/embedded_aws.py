@@ -210,17 +210,30 @@ def _atomic_moto_server(host: str, port: int) -> Any:
     (docs/sequencing.md) would see a lost update that AWS never produces. Serialising whole
     requests gives moto DynamoDB's per-request atomicity; handlers still run concurrently.
     """
+    import itertools
     import threading
 
     from moto.server import DomainDispatcherApplication, MotoRequestHandler, ThreadedMotoServer, create_backend_app
     from werkzeug.serving import make_server
 
-    lock = threading.Lock()
     app = DomainDispatcherApplication(create_backend_app)
+    # First come, first served: threading.Lock is not fair, and under a flood of concurrent
+    # invocations an unlucky request could wait for seconds while later ones pass, which a
+    # DynamoDB request never does (and which the Lambda path would read as a sequence gap).
+    turn = threading.Condition()
+    tickets = itertools.count()
+    serving = [0]
 
     def one_request_at_a_time(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        with lock:
+        with turn:
+            ticket = next(tickets)
+            turn.wait_for(lambda: serving[0] == ticket)
+        try:
             return list(app(environ, start_response))
+        finally:
+            with turn:
+                serving[0] += 1
+                turn.notify_all()
 
     class KeepAlive(MotoRequestHandler):
         # HTTP/1.0 (werkzeug's default) means a new TCP connection and server thread per call.
