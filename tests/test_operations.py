@@ -279,4 +279,5 @@ def assert_lines_name_their_session(kind: str, capture: Captured) -> None:
     assert all(line.get("session_id") for line in about_sessions), [
         line["message"] for line in about_sessions if not line.get("session_id")]
     after_open = [line for line in about_sessions if line["message"] in ("protocol error", "session finished")]
-    assert after_open and all(line.get("conversation_id") for line in after_open)
+    missing = [(line["message"], line.get("session_id")) for line in after_open if not line.get("conversation_id")]
+    assert after_open and not missing, missing

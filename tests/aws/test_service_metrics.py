@@ -3,8 +3,6 @@ this code; the relay adds its own counters, tests/relay/test_relay_metrics.py)."
 
 from __future__ import annotations
 
-from aws_lambda_powertools.utilities.data_classes import APIGatewayWebSocketEvent
-
 from audiohook.aws.service import Counters
 from audiohook.aws.stream import KinesisWriter
 from audiohook.session import disconnect
@@ -48,8 +46,7 @@ def test_a_server_disconnect_is_a_control_action_a_protocol_error_is_not(service
     client.connect()
     client.send(client.message("open", CALL))
     stored = service.store.load(client.connection.connection_id)
-    event = APIGatewayWebSocketEvent(client.connection.message(""))
-    service.deliver(event, stored, disconnect(stored.session, "completed", "server shutting down"))
+    service.count_outcome(stored.session, disconnect(stored.session, "completed", "server shutting down"))
     assert counts.breakdowns == {("ControlActions", "Action", "disconnect"): 1}
     other = Client(service)
     other.connect()

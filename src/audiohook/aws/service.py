@@ -5,14 +5,12 @@ outcome to adapter calls: the session store (DynamoDB), the connection poster
 (@connections or a socket) and the Kinesis writer. Nothing here raises out of a route:
 AWS faults are logged, counted and recorded, and the route still answers.
 
-Two ways to apply a connection's inputs:
-
-- the Lambda path (API Gateway runs ``$default`` invocations concurrently and unordered):
-  every input goes through the session's mailbox; the invocation holding the lease applies
-  it and every parked successor (:func:`audiohook.sequencing.drain`), posts the replies in
-  ``seq`` order and releases; the others park and return at once (docs/sequencing.md);
-- a front that hands over one input at a time per connection, in arrival order (the relay,
-  ``in_order = True``): load, apply, save, :meth:`AudioHookService.deliver`.
+API Gateway runs ``$default`` invocations concurrently and unordered, so every input goes
+through the session's mailbox: the invocation holding the lease applies it and every parked
+successor (:func:`audiohook.sequencing.drain`), posts the replies in ``seq`` order and
+releases; the others park and return at once (docs/sequencing.md). The relay applies its
+connections' inputs itself, in order (:mod:`audiohook.relay.server`), and uses only
+``on_connect``, the metrics and the record helpers here.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from audiohook.aws.store import PARKED, Held, SessionStore, StoredSession, keep_
 from audiohook.aws.stream import PutOutcome
 from audiohook.config import Settings
 from audiohook.media import parse_preference
-from audiohook.protocol import parse_client_message
 from audiohook.records import AudioRecord, AudioRecordEncoder, decode_record, encode_lifecycle_record, gap_data
 from audiohook.sequencing import Entry
 from audiohook.session import (
@@ -43,11 +40,6 @@ from audiohook.session import (
     Policy,
     ServerAction,
     Session,
-    State,
-    continued_session_ids,
-    finish,
-    receive,
-    receive_audio,
 )
 
 logger = Logger(service="audiohook")
@@ -157,7 +149,6 @@ class AudioHookService:
         client_secrets: Callable[[], Mapping[str, str]],
         clock: Callable[[], float] = time.time,
         metrics: MetricSink | None = None,
-        in_order: bool = False,
     ):
         self.settings = settings
         self.store = store
@@ -165,9 +156,6 @@ class AudioHookService:
         self.poster_for = poster_for
         self.client_secrets = client_secrets
         self.clock = clock
-        # True for a front that hands over one input at a time per connection, in arrival
-        # order (the relay): inputs are applied directly, without the mailbox.
-        self.in_order = in_order
         self.metrics: MetricSink = metrics if metrics is not None else Counters()
         self.policy = Policy(
             media_preference=parse_preference(settings.media_preference),
@@ -224,10 +212,6 @@ class AudioHookService:
         connection_id = _connection_id(event)
         body = event.body or ""
         binary = bool(event.get("isBase64Encoded"))
-        if self.in_order:
-            if binary:
-                return self._audio_in_order(event, connection_id, base64.b64decode(body))
-            return self._text_in_order(event, connection_id, body)
         # When it reached the mailbox (not API Gateway's receipt): a front that queued the
         # invocation for a while does not eat into the predecessor's time to arrive.
         at_ms = int(self.clock() * 1000)
@@ -428,7 +412,10 @@ class AudioHookService:
         if outcome.violation:
             # With a reply it is the session's one protocol error; without, input after the end.
             report = logger.warning if outcome.replies else logger.info
-            report("protocol error" if outcome.replies else "input ignored", extra=log | {"info": outcome.violation})
+            # The session as it is now: an open applied in the same round has named the conversation.
+            now = {"session_id": session.session_id, "conversation_id": session.conversation_id}
+            report("protocol error" if outcome.replies else "input ignored",
+                   extra=log | now | {"info": outcome.violation})
         self.count_outcome(session, outcome)
 
     def count_outcome(self, session: Session, outcome: Outcome) -> None:
@@ -448,54 +435,6 @@ class AudioHookService:
                 self.metric(M.PROBE_SESSIONS if session.probe else M.CALL_SESSIONS)
                 if item.data.get("continuedSessions"):
                     self.metric(M.RECONNECTS)
-
-    # In-order fronts (the relay) ---------------------------------------------------------
-
-    def _text_in_order(self, event: APIGatewayWebSocketEvent, connection_id: str, text: str) -> RouteResult:
-        stored = self.store.load(connection_id)
-        if stored is None:
-            logger.warning("message for an unknown connection ignored", extra={"connection_id": connection_id})
-            return RouteResult(OK)
-        message = parse_client_message(text)
-        ids = continued_session_ids(message) if stored.session.state is State.PREPARING else []
-        outcome = receive(stored.session, message, self.policy, self.clock(), self.continued(ids) if ids else None)
-        if not self.store.save(stored):
-            logger.error("session item changed by another writer; saved state may be stale",
-                         extra=self._log(stored))
-        return self.deliver(event, stored, outcome)
-
-    def _audio_in_order(self, event: APIGatewayWebSocketEvent, connection_id: str, audio: bytes) -> RouteResult:
-        stored = self.store.load(connection_id)
-        if stored is None:
-            logger.warning("audio for an unknown connection ignored", extra={"connection_id": connection_id})
-            return RouteResult(OK)
-        position = stored.session.position
-        problem = receive_audio(stored.session, len(audio))
-        self.store.save(stored)
-        if problem is not None:
-            return self.deliver(event, stored, problem)
-        media = stored.session.media
-        assert media is not None and stored.session.session_id is not None
-        encoder = AudioRecordEncoder(stored.session.session_id, media["format"], media["rate"], media["channels"])
-        self._write(stored.session, [encoder.encode(position, audio)])
-        return RouteResult(OK, stored.session)
-
-    def deliver(self, event: APIGatewayWebSocketEvent, stored: StoredSession, outcome: Outcome) -> RouteResult:
-        """In-order fronts: post the replies (in seq order), mark them delivered, emit the records."""
-        self._bind(stored)
-        result = RouteResult(OK, stored.session, outcome)
-        log = self._log(stored)
-        self._account(stored.connection_id, stored.session, outcome, log)
-        if outcome.replies:
-            result.gone = self._post(event, stored.connection_id, [reply.to_json() for reply in outcome.replies],
-                                     log) == "gone"
-            self.store.mark_delivered(stored.connection_id, stored.session.seq)
-        self._emit(stored.session, outcome)
-        return result
-
-    def _emit(self, session: Session, outcome: Outcome) -> None:
-        if outcome.lifecycle:
-            self._write(session, [self._lifecycle(session, item.event, item.data) for item in outcome.lifecycle])
 
     def _lifecycle(self, session: Session, event: str, data: dict[str, Any]) -> bytes:
         at = datetime.fromtimestamp(self.clock(), timezone.utc)
@@ -552,22 +491,9 @@ class AudioHookService:
         event = APIGatewayWebSocketEvent(raw_event)
         connection_id = _connection_id(event)
         context = event.request_context
-        if not self.in_order:
-            # Through the mailbox like any input: applied after everything parked before it.
-            end = Entry.of_end(int(self.clock() * 1000), context.disconnect_status_code,
-                               context.disconnect_reason)
-            return self._through_mailbox(event, connection_id, end)
-        stored = self.store.load(connection_id)
-        if stored is None:
-            return RouteResult(OK)
-        self._bind(stored)
-        outcome = finish(stored.session, self.clock(), context.disconnect_status_code, context.disconnect_reason)
-        if not outcome.lifecycle:
-            return RouteResult(OK, stored.session)
-        self.store.save(stored)
-        self._emit(stored.session, outcome)
-        self._finished(connection_id, stored.session)
-        return RouteResult(OK, stored.session, outcome)
+        # Through the mailbox like any input: applied after everything parked before it.
+        end = Entry.of_end(int(self.clock() * 1000), context.disconnect_status_code, context.disconnect_reason)
+        return self._through_mailbox(event, connection_id, end)
 
     def _finished(self, connection_id: str, session: Session) -> None:
         """The final record is written: the session id may be used by a new connection."""
