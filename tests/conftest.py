@@ -184,3 +184,22 @@ def client(service: AudioHookService) -> Client:
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "audiohook")
     os.environ.setdefault("POWERTOOLS_DEV", "false")
+
+
+def _plain(value: Any) -> Any:
+    """cfn-lint's decoder returns str/dict/list subclasses; turn them into plain ones."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, str) else value
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    """template.yaml as plain dicts (the deploy tests)."""
+    from cfnlint.decode import decode
+
+    decoded, matches = decode(str(REPO / "template.yaml"))
+    assert not matches, [str(m) for m in matches]
+    return _plain(decoded)

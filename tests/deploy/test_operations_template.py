@@ -7,28 +7,9 @@ import json
 import re
 from typing import Any
 
-import pytest
-from cfnlint.decode import decode
-
 from audiohook import metrics as M
-from conftest import REPO
 
 OUR_DIMENSIONS = {"service", "Front"}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, str) else value
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    decoded, matches = decode(str(REPO / "template.yaml"))
-    assert not matches
-    return _plain(decoded)
 
 
 def of_type(template: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:

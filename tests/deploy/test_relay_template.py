@@ -6,28 +6,10 @@ import ast
 import json
 from typing import Any
 
-import pytest
-from cfnlint.decode import decode
-
 from conftest import REPO as ROOT
 
 CONFIG_PY = ROOT / "src" / "audiohook" / "config.py"
 POWERTOOLS_ENV = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "LOG_LEVEL", "AWS_DEFAULT_REGION"}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, str) else value
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    decoded, matches = decode(str(ROOT / "template.yaml"))
-    assert not matches, [str(m) for m in matches]
-    return _plain(decoded)
 
 
 def relay_resources(template: dict[str, Any]) -> dict[str, Any]:

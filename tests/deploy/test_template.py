@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from cfnlint.api import lint, lint_file
 from cfnlint.config import ManualArgs
-from cfnlint.decode import decode
 
 from conftest import FIXTURES
 from conftest import REPO as ROOT
@@ -52,24 +51,6 @@ CONNECTION_ID = "ITbAHeRmIAMCF3g="
 
 
 # ----------------------------------------------------------------- helpers
-def _plain(value: Any) -> Any:
-    """cfn-lint's decoder returns str/dict/list subclasses; turn them into plain ones."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, str):
-        return str(value)
-    return value
-
-
-@pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    decoded, matches = decode(str(TEMPLATE))
-    assert not matches, [str(m) for m in matches]
-    return _plain(decoded)
-
-
 @pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
     return template["Resources"]
