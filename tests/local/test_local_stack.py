@@ -165,5 +165,6 @@ def test_handler_logs_carry_api_gateways_request_id_the_error_frame_names():
     finally:
         handlers_logger.removeHandler(reader)
     handler_lines = [line for line in map(json.loads, lines.getvalue().splitlines()) if "route" in line]
-    assert {"connect", "disconnect"} <= {line["route"] for line in handler_lines} <= {"connect", "message", "disconnect"}
+    # $disconnect logs only when it applies the end itself (a $default holder may apply it instead).
+    assert {"connect"} <= {line["route"] for line in handler_lines} <= {"connect", "message", "disconnect"}
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{15}=", line["api_request_id"]) for line in handler_lines)
