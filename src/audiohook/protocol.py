@@ -20,7 +20,8 @@ from audiohook import PROTOCOL_VERSION
 MAX_TEXT_BYTES = 64 * 1024
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
 
-Uuid = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+Uuid = Annotated[str, Field(pattern=_UUID.pattern)]
 _DURATION = re.compile(r"^PT(\d+(?:\.\d+)?)S$")
 Duration = Annotated[str, Field(pattern=_DURATION.pattern)]
 Channel = Literal["external", "internal"]
@@ -354,28 +355,40 @@ ServerParameters = Union[
 ]
 
 
-class ServerMessage(_Model):
-    """A server message; field order matches what Genesys' own server emits."""
+@dataclass(frozen=True, slots=True)
+class ServerMessage:
+    """A server message; field order matches what Genesys' own server emits.
 
-    version: Literal["2"] = PROTOCOL_VERSION
+    A plain dataclass rather than a model: every field comes from the session (numbers it
+    keeps, an id validated when the session began) or from a validated parameters model, and
+    a ``pong`` is built for every client ``ping``, so validating the envelope again would only
+    cost time. The parameters models still serialise themselves.
+    """
+
     type: ServerType
-    seq: Annotated[int, Field(ge=1)]
-    clientseq: Annotated[int, Field(ge=0)]
-    id: Uuid
+    seq: int
+    clientseq: int
+    id: str
     parameters: ServerParameters
+    version: Literal["2"] = PROTOCOL_VERSION
 
     def to_json(self) -> str:
         """The exact text frame to send: compact JSON, no envelope, no extra fields."""
-        return self.model_dump_json(exclude_none=True)
+        parameters = self.parameters
+        body = "{}" if parameters is EMPTY_PARAMETERS else parameters.model_dump_json(exclude_none=True)
+        return (f'{{"version":"{self.version}","type":"{self.type}","seq":{self.seq},"clientseq":{self.clientseq},'
+                f'"id":"{self.id}","parameters":{body}}}')
+
+
+EMPTY_PARAMETERS = EmptyParameters()
 
 
 def server_message(
     type: ServerType, *, session_id: str, seq: int, clientseq: int, parameters: ServerParameters | None = None
 ) -> ServerMessage:
-    return ServerMessage(
-        type=type, seq=seq, clientseq=clientseq, id=session_id,
-        parameters=parameters if parameters is not None else EmptyParameters(),
-    )
+    if seq < 1 or clientseq < 0 or _UUID.fullmatch(session_id) is None:
+        raise ValueError(f"not a server message: seq {seq}, clientseq {clientseq}, id {session_id!r}")
+    return ServerMessage(type, seq, clientseq, session_id, EMPTY_PARAMETERS if parameters is None else parameters)
 
 
 # --- parsing ----------------------------------------------------------------------------
@@ -407,6 +420,12 @@ def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
     size = len(text.encode("utf-8") if isinstance(text, str) else text)
     if size > MAX_TEXT_BYTES:
         return Violation(f"text message of {size} bytes exceeds the {MAX_TEXT_BYTES}-byte limit")
+    try:
+        # pydantic parses and validates in one pass (a ping every 5 s per call goes through
+        # here); anything it refuses is parsed again below, which names the exact problem.
+        return _client_message.validate_json(text)
+    except ValidationError:
+        pass
     try:
         raw = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

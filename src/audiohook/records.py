@@ -148,15 +148,23 @@ class AudioRecordEncoder:
         self._channel_count, self._channel_codes = _channel_layout(channels)
         self._sample_frame = BYTES_PER_SAMPLE[format] * self._channel_count
 
-    def encode(self, position: int, payload: Buffer | Sequence[Buffer], frame_count: int = 1) -> bytes:
-        """One record holding ``payload`` (a buffer, or consecutive frames joined here once)."""
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes per sample frame: one sample of every channel."""
+        return self._sample_frame
+
+    def encode(self, position: int, payload: Buffer | Sequence[Buffer], frame_count: int = 1,
+               length: int | None = None) -> bytes:
+        """One record holding ``payload`` (a buffer, or consecutive frames joined here once).
+        ``length``: the payload's byte count when the caller already knows it."""
         if isinstance(payload, (bytes, bytearray, memoryview)):
             parts: Sequence[Buffer] = (payload,)
         else:
             parts = payload
-        length = 0
-        for part in parts:
-            length += _byte_length(part)
+        if length is None:
+            length = 0
+            for part in parts:
+                length += _byte_length(part)
         if length > MAX_AUDIO_PAYLOAD_BYTES:
             raise ValueError(
                 f"audio payload of {length} bytes exceeds MAX_AUDIO_PAYLOAD_BYTES ({MAX_AUDIO_PAYLOAD_BYTES});"

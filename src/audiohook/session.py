@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 from audiohook.media import BYTES_PER_SAMPLE, FrameGeometry, Preference, select_media
 from audiohook.protocol import (
+    EMPTY_PARAMETERS,
     MAX_TEXT_BYTES,
     NULL_UUID,
     ClientError,
@@ -27,7 +28,6 @@ from audiohook.protocol import (
     Discarded,
     DisconnectParameters,
     Dtmf,
-    EmptyParameters,
     EventParameters,
     Open,
     OpenedParameters,
@@ -389,9 +389,7 @@ def receive_audio(session: Session, size: int) -> Outcome | None:
     if media is not None and (session.state is State.ACTIVE or _sent_before_last_message(session, media, size)):
         sample_frame = BYTES_PER_SAMPLE[media["format"]] * len(media["channels"])
         if size % sample_frame == 0:
-            session.position += size // sample_frame
-            session.frames += 1
-            session.audio_bytes += size
+            accept_audio(session, size, 1)
             return None
         geometry = FrameGeometry.of(media)
         layout = "stereo" if len(geometry.channels) == 2 else "mono"
@@ -406,6 +404,29 @@ def receive_audio(session: Session, size: int) -> Outcome | None:
     if session.state is State.PREPARING:
         return protocol_error(session, "audio frame received before open")
     return protocol_error(session, f"audio frame received while {session.state.value}")
+
+
+def streaming_sample_bytes(session: Session) -> int:
+    """Bytes per sample frame while any frame of a whole number of samples is simply accepted
+    (ACTIVE, with media); 0 otherwise, when each frame must go through :func:`receive_audio`.
+
+    A front that reads a stream in order may hold such frames and account them later, in
+    arrival order, with :func:`accept_audio`, as long as it does so before applying anything
+    else to the session (the relay's per-frame path, ``docs/architecture.md``)."""
+    media = session.media
+    if session.state is State.ACTIVE and media is not None:
+        return BYTES_PER_SAMPLE[media["format"]] * len(media["channels"])
+    return 0
+
+
+def accept_audio(session: Session, size: int, frames: int) -> None:
+    """Account for ``frames`` consecutive frames of ``size`` bytes in all, each a non-empty
+    whole number of samples received while :func:`streaming_sample_bytes` was not 0."""
+    media = session.media
+    assert media is not None
+    session.position += size // (BYTES_PER_SAMPLE[media["format"]] * len(media["channels"]))
+    session.frames += frames
+    session.audio_bytes += size
 
 
 def _sent_before_last_message(session: Session, media: dict[str, Any], size: int) -> bool:
@@ -511,7 +532,7 @@ def _parameters(action: ServerAction) -> ServerParameters | Refused:
         return DisconnectParameters(reason=action.reason, info=action.info)  # type: ignore[arg-type]
     if isinstance(action, Reconnect):
         return ReconnectParameters(info=action.info)
-    return EmptyParameters()
+    return EMPTY_PARAMETERS
 
 
 def act(session: Session, action: ServerAction) -> Outcome | Refused:

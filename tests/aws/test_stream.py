@@ -25,10 +25,10 @@ from audiohook.aws.stream import (
     RECORD_TOO_LARGE,
     THROTTLE_ERRORS,
     KinesisWriter,
-    PreparedBodies,
     PutOutcome,
     UndeliveredEntry,
 )
+from audiohook.relay.putrecords import PreparedBodies
 from faults import Faults, Sleeps
 
 STREAM = "audiohook-audio"

@@ -89,7 +89,7 @@ def test_the_layer_imports_with_websockets_and_moto_unavailable(layer: Path):
         "import sys\n"
         "class Refuse:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in {'websockets', 'moto', 'picows', 'uvloop'}: raise ImportError(name)\n"
+        "        if name.split('.')[0] in {'websockets', 'moto', 'picows', 'uvloop', 'pybase64'}: raise ImportError(name)\n"
         "sys.meta_path.insert(0, Refuse())\n"
         f"sys.path.insert(0, {str(layer)!r})\n"
         "import importlib\n"

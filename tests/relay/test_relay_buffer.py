@@ -256,11 +256,14 @@ def test_latency_percentiles() -> None:
     assert LatencyHistogram().percentile(50) is None
 
 
-def test_a_records_frames_count_once_each_from_their_own_receipt() -> None:
+def test_a_runs_frames_count_once_each_spread_evenly_over_their_receipt() -> None:
     histogram = LatencyHistogram(limit_ms=1000)
-    histogram.add_since(10.0, [9.9995, 9.75, 9.5, 12.0, 5.0])  # 0.5 ms, 250, 500, in the future, beyond
-    assert histogram.count == 5
-    assert [ms for ms, n in enumerate(histogram.buckets) for _ in range(n)] == [0, 0, 250, 500, 1000]
+    histogram.add_spread(10.0, 9.5, 9.75, 3)  # received at 9.5, 9.625 and 9.75
+    histogram.add_spread(10.0, 9.9995, 9.9995, 1)  # 0.5 ms
+    histogram.add_spread(10.0, 12.0, 12.0, 1)  # in the future
+    histogram.add_spread(10.0, 5.0, 5.0, 1)  # beyond the limit
+    assert histogram.count == 6
+    assert [ms for ms, n in enumerate(histogram.buckets) for _ in range(n)] == [0, 0, 250, 375, 500, 1000]
 
 
 def test_gap_records_are_valid_lifecycle_json() -> None:

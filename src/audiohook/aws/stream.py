@@ -11,10 +11,7 @@ or low: this writer already retries, and botocore's retries would multiply its a
 
 from __future__ import annotations
 
-import binascii
-import json
 import random as random_module
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -273,71 +270,6 @@ class KinesisWriter:
         tally.retries += 1
         tally.slept_s += delay
         self._sleep(delay)
-
-
-class PreparedBodies:
-    """PutRecords through a boto3 client, without botocore's per-record work.
-
-    botocore validates, base64-encodes and JSON-serialises every record through the service
-    model, then parses every result the same way (~50 µs per record here: more than the
-    relay's whole audio path). These hooks keep the client (endpoint, credentials, SigV4
-    signature once per request, connection pool, retries config, moto in tests) and replace
-    only that per-record work, on the client's documented events:
-
-    - ``before-parameter-build``: the request body is built here from the records
-      (``{"StreamName":…,"Records":[{"Data":"<base64>","PartitionKey":…},…]}``, what the
-      service model would produce) and botocore is left one placeholder record to serialise;
-    - ``before-call``: the prepared body replaces the serialised one (signing comes after);
-    - ``before-parse``: a 2xx answer is decoded with one ``json.loads`` and botocore parses an
-      empty object; error answers are left to botocore, so ``ClientError`` is unchanged.
-
-    Hand-written because botocore offers no pre-serialised body for JSON protocols.
-    """
-
-    _PLACEHOLDER = [{"Data": b"", "PartitionKey": "-"}]
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    @classmethod
-    def install(cls, client: Any) -> None:
-        """Hook a boto3 Kinesis client (once; later calls change nothing)."""
-        events = client.meta.events
-        hooks = cls()
-        events.register("before-parameter-build.kinesis.PutRecords", hooks._build, unique_id="audiohook-prepared-build")
-        events.register("before-call.kinesis.PutRecords", hooks._swap, unique_id="audiohook-prepared-call")
-        events.register("before-parse.kinesis.PutRecords", hooks._parse, unique_id="audiohook-prepared-parse")
-
-    def _build(self, params: dict[str, Any], **_: Any) -> None:
-        records = params.get("Records")
-        if not records or records is self._PLACEHOLDER:
-            return
-        # One join of all the parts: each record's bytes are copied once, by base64.
-        b64, key = binascii.b2a_base64, json.dumps
-        parts = [b'{"StreamName":', json.dumps(params["StreamName"]).encode(), b',"Records":[']
-        separator = b'{"Data":"'
-        for record in records:
-            parts += (separator, b64(record["Data"], newline=False), b'","PartitionKey":',
-                      key(record["PartitionKey"]).encode(), b"}")
-            separator = b',{"Data":"'
-        parts.append(b"]}")
-        body = b"".join(parts)
-        self._local.body = body
-        params["Records"] = self._PLACEHOLDER
-
-    def _swap(self, params: dict[str, Any], **_: Any) -> None:
-        body = getattr(self._local, "body", None)
-        if body is not None:
-            self._local.body = None
-            params["body"] = body
-
-    @staticmethod
-    def _parse(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
-        status = response_dict.get("status_code", 0)
-        body = response_dict.get("body")
-        if 200 <= status < 300 and body:
-            customized_response_dict.update(json.loads(body))
-            response_dict["body"] = b"{}"
 
 
 def _batches(entries: list[_Entry]) -> Iterator[list[_Entry]]:

@@ -6,8 +6,9 @@ No I/O and no clock reads (times are passed in); one event loop owns an :class:`
 - Each session has a FIFO queue (:class:`SessionAudio`) of *items*: audio runs (consecutive
   frames that become one audio record) and lifecycle records, in the order they happened,
   so a session's records reach Kinesis in order (one batch per session at a time).
-- :meth:`AudioBuffer.append` is the per-frame hot path: it appends the frame (no copy) to the
-  session's open run, or starts a new run when the position jumped or the run is full.
+- :meth:`AudioBuffer.append_frames` takes a session's frames since the last flush (the list
+  itself, no copy) into its open run, or starts a new run when the position jumped or the run
+  is full.
 - :meth:`AudioBuffer.take_batch` builds one PutRecords batch (<= 500 records, <= 5 MiB) from
   the sessions that have something to send; :meth:`AudioBuffer.settle` takes the writer's
   outcome: delivered items free their bytes, failed ones go back to the front of their queue
@@ -59,13 +60,16 @@ class LatencyHistogram:
         self._buckets[ms] += 1
         self.count += 1
 
-    def add_since(self, now: float, times: list[float]) -> None:
-        """One sample per time in ``times``: ``now`` minus it (a record's frames, at once)."""
+    def add_spread(self, now: float, first: float, last: float, count: int) -> None:
+        """``count`` samples: the ages at ``now`` of frames received evenly from ``first`` to
+        ``last`` (the relay notes when a run of frames began and when it took them, not each
+        frame's own receipt: that would cost a clock read per frame)."""
         buckets, limit = self._buckets, self._limit
-        for received in times:
-            ms = int((now - received) * 1000)
+        step = (last - first) / (count - 1) if count > 1 else 0.0
+        for index in range(count):
+            ms = int((now - first - step * index) * 1000)
             buckets[ms if 0 <= ms <= limit else (0 if ms < 0 else limit)] += 1
-        self.count += len(times)
+        self.count += count
 
     @property
     def buckets(self) -> list[int]:
@@ -106,7 +110,8 @@ class AudioRun:
     start: int  # position (samples per channel) of the first frame
     end: int  # position just after the last frame
     frames: list[bytes]
-    times: list[float]  # receipt time of each frame (monotonic), for the delay figures
+    # (first receipt, taken, frame count) per piece of the run (monotonic), for the delay figures
+    arrivals: list[tuple[float, float, int]]
     nbytes: int
     frame_count: int = 1
     requeues: int = 0
@@ -143,11 +148,12 @@ class SessionAudio:
     """One connection's queue. ``key`` is the partition key (the session id, as the service
     uses it); two connections claiming one session id still get a queue each."""
 
-    __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "probe", "tail")
+    __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "probe", "sample_bytes", "tail")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.encoder: AudioRecordEncoder | None = None
+        self.sample_bytes = 0  # bytes per sample frame (all channels) of the session's audio
         self.probe = False
         self.items: deque[Item] = deque()
         self.tail: AudioRun | None = None  # the run new frames extend
@@ -158,6 +164,7 @@ class SessionAudio:
     def bind(self, media: Mapping[str, Any], probe: bool) -> None:
         """Set the audio layout (from the session's selected media) before the first frame."""
         self.encoder = AudioRecordEncoder(self.key, media["format"], media["rate"], media["channels"])
+        self.sample_bytes = self.encoder.sample_bytes
         self.probe = probe
 
 
@@ -203,27 +210,49 @@ class AudioBuffer:
 
     def append(self, audio: SessionAudio, start: int, end: int, frame: bytes, now: float) -> bool:
         """Queue one accepted frame covering positions [start, end). False: dropped (gap)."""
-        size = len(frame)
-        if self.buffered + size > self.max_bytes:
-            self._drop(audio, start, end - start, size)
+        return self.append_frames(audio, start, end, [frame], len(frame), now, now)
+
+    def append_frames(self, audio: SessionAudio, start: int, end: int, frames: list[bytes], nbytes: int,
+                      first: float, taken: float) -> bool:
+        """Queue consecutive accepted frames (``nbytes`` in all, received from ``first`` until
+        ``taken``) covering positions [start, end); the list becomes the run's own (no copy).
+        False: they did not fit in the buffer and were dropped (recorded as a gap)."""
+        count = len(frames)
+        if self.buffered + nbytes > self.max_bytes:
+            if count > 1:  # as many as fit are kept
+                return self._append_one_by_one(audio, start, frames, first, taken)
+            self._drop(audio, start, end - start, nbytes, 1)
             return False
         if audio.gap is not None:
             self._close_gap(audio)
         run = audio.tail
-        if (run is not None and run.end == start and run.nbytes + size <= self._max_run_bytes
-                and run.frame_count < MAX_FRAME_COUNT):
-            run.frames.append(frame)
-            run.times.append(now)
-            run.nbytes += size
+        if run is not None and run.end == start and run.nbytes + nbytes <= self._max_run_bytes \
+                and run.frame_count + count <= MAX_FRAME_COUNT:
+            run.frames += frames
+            run.arrivals.append((first, taken, count))
+            run.nbytes += nbytes
             run.end = end
-            run.frame_count += 1
-        else:
-            audio.tail = AudioRun(start, end, [frame], [now], size)
+            run.frame_count += count
+        elif nbytes <= self._max_run_bytes and count <= MAX_FRAME_COUNT:
+            audio.tail = AudioRun(start, end, frames, [(first, taken, count)], nbytes, count)
             self._push(audio, audio.tail)
-        self.buffered += size
-        self.pending_bytes += size
-        self.counters.frames_buffered += 1
+        else:  # more than one record holds
+            return self._append_one_by_one(audio, start, frames, first, taken)
+        self.buffered += nbytes
+        self.pending_bytes += nbytes
+        self.counters.frames_buffered += count
         return True
+
+    def _append_one_by_one(self, audio: SessionAudio, start: int, frames: list[bytes], first: float,
+                           taken: float) -> bool:
+        """Each frame on its own: every run as full as it can be, and what does not fit dropped."""
+        kept = True
+        position = start
+        for frame in frames:
+            after = position + len(frame) // audio.sample_bytes
+            kept &= self.append_frames(audio, position, after, [frame], len(frame), first, taken)
+            position = after
+        return kept
 
     def add_records(self, audio: SessionAudio, records: list[bytes]) -> None:
         """Lifecycle records of a connection, queued behind its audio (so they keep their order)."""
@@ -250,20 +279,20 @@ class AudioBuffer:
             self.ready[audio] = None
 
     # ------------------------------------------------------------------ gaps
-    def _drop(self, audio: SessionAudio, start: int, samples: int, size: int) -> None:
+    def _drop(self, audio: SessionAudio, start: int, samples: int, size: int, frames: int) -> None:
         counters = self.counters
-        counters.frames_dropped += 1
+        counters.frames_dropped += frames
         counters.bytes_dropped += size
         counters.samples_dropped += samples
         gap = audio.gap
         if gap is not None and gap.end == start:
             gap.samples += samples
-            gap.frames += 1
+            gap.frames += frames
             gap.nbytes += size
             return
         if gap is not None:
             self._close_gap(audio)
-        audio.gap = Gap(start, samples, 1, size, DROPPED_REASON)
+        audio.gap = Gap(start, samples, frames, size, DROPPED_REASON)
         audio.tail = None
         if not audio.inflight:
             self.ready[audio] = None  # so the gap record goes out even if no frame follows
@@ -318,7 +347,7 @@ class AudioBuffer:
             data = item.data
             if data is None:
                 assert isinstance(item, AudioRun) and audio.encoder is not None
-                data = item.data = audio.encoder.encode(item.start, item.frames, item.frame_count)
+                data = item.data = audio.encoder.encode(item.start, item.frames, item.frame_count, item.nbytes)
                 item.frames = []  # the record holds the bytes now
                 if item is audio.tail:
                     audio.tail = None  # sealed: later frames start a new run, even if this one waits
@@ -353,7 +382,8 @@ class AudioBuffer:
                 if isinstance(item, AudioRun):
                     counters.audio_records += 1
                     counters.frames_delivered += item.frame_count
-                    latency.add_since(now, item.times)
+                    for first, taken, count in item.arrivals:
+                        latency.add_spread(now, first, taken, count)
                 else:
                     counters.lifecycle_records += 1
                 continue

@@ -36,7 +36,7 @@ flush holds all its frames since the last one, so the per-record costs are share
 ``RELAY_FLUSH_MS / 200`` frames of a real-time stream (a tick sends as many calls as it
 needs, each up to 500 records or 5 MiB); at most ``max_inflight`` calls at
 once and one per session at a time, with request bodies built without botocore's per-record
-serialisation (:class:`audiohook.aws.stream.PreparedBodies`).
+serialisation (:class:`audiohook.relay.putrecords.PreparedBodies`).
 
 Memory is bounded by ``RELAY_MAX_BUFFER_BYTES``: above 3/4 of it the relay stops reading the
 sockets that bring audio (TCP pushes back on the client) until the buffer is below 1/2; if
@@ -57,6 +57,7 @@ import asyncio
 import copy
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import signal
@@ -79,24 +80,27 @@ from audiohook.aws.iam_identity import sts_endpoint
 from audiohook.aws.relay_control import CONTROL_PATH, serve_request
 from audiohook.aws.service import AudioHookService, RecordWriter, RouteResult
 from audiohook.aws.store import SessionStore, StoredSession
-from audiohook.aws.stream import KinesisWriter, PreparedBodies, PutOutcome
+from audiohook.aws.stream import KinesisWriter, PutOutcome
 from audiohook.config import Settings
 from audiohook.protocol import parse_client_message
 from audiohook.records import encode_lifecycle_record
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
 from audiohook.relay.metrics import RelayMetrics
+from audiohook.relay.putrecords import PreparedBodies
 from audiohook.session import (
     Outcome,
     Reconnect,
     Refused,
     ServerAction,
     Session,
+    accept_audio,
     act,
     continued_session_ids,
     disconnect,
     finish,
     receive,
     receive_audio,
+    streaming_sample_bytes,
 )
 
 logger = Logger(service="audiohook")
@@ -113,6 +117,11 @@ MAX_UNSENT_BYTES = 1024 * 1024  # replies a client leaves unread beyond this: tr
 METRICS_LOG_INTERVAL_S = 60.0
 SHUTDOWN_INFO = "server shutting down"
 RECONNECT_INFO = "server task stopping: continue on a new connection"
+# What a streaming connection holds before the next flush at most (a client sending faster
+# than real time hands its frames over sooner, bigger frames take the ordinary path): 16
+# real-time frames are 3.2 s of audio; 2,000 bursting connections hold 1 GiB at most.
+MAX_PENDING_FRAMES = 16
+MAX_PENDING_FRAME_BYTES = 32 * 1024
 MAX_CONTROL_REQUEST_BYTES = 256 * 1024  # an event is at most 64 KiB; its JSON request a little more
 CONTROL_APPLY_TIMEOUT_S = 5.0
 
@@ -296,6 +305,7 @@ def _picows_auto_ping() -> Any:
 
 
 _AUTO_PING_WHEN_IDLE = _picows_auto_ping()
+_BINARY = WSMsgType.BINARY
 _PICOWS_LOGGER = logging.getLogger("picows.server")
 
 
@@ -321,6 +331,12 @@ class _Link(WSListener):  # type: ignore[misc]
         # Frames that arrived while an ``open`` waits for its continued sessions' lookup,
         # applied after it in arrival order (None: no lookup running).
         self.backlog: list[tuple[bool, bytes]] | None = None
+        # The per-frame path: while the session streams (``streaming_sample_bytes`` not 0),
+        # audio frames wait here, unaccounted, until the next flush or the next other input
+        # (Relay._take_pending), which hands them to the core and the buffer in one step.
+        self.sample_bytes = 0
+        self.pending: list[bytes] = []
+        self.pending_since = 0.0  # when the first pending frame arrived
 
     def log(self) -> dict[str, Any]:
         return {"connection_id": self.id, "session_id": self.session.session_id,
@@ -332,6 +348,20 @@ class _Link(WSListener):  # type: ignore[misc]
         self.relay._connected(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        sample_bytes = self.sample_bytes
+        if sample_bytes and frame.msg_type is _BINARY and frame.fin:
+            size = frame.payload_size
+            if size and not size % sample_bytes and size <= MAX_PENDING_FRAME_BYTES:  # the hot path
+                pending = self.pending
+                if not pending:
+                    self.pending_since = self.relay._filling(self)
+                pending.append(frame.get_payload_as_bytes())
+                if len(pending) >= MAX_PENDING_FRAMES:
+                    self.relay._take_pending(self)
+                return
+        self._frame(transport, frame)
+
+    def _frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
         if kind is WSMsgType.BINARY and frame.fin:
             self.relay._audio(self, frame.get_payload_as_bytes())
@@ -365,6 +395,7 @@ class _Link(WSListener):  # type: ignore[misc]
         transport.disconnect()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.sample_bytes = 0
         self.relay._spawn(self.relay._finish(self, self.close_status or (1006, "Connection lost")))
 
     # sending -------------------------------------------------------------------------------
@@ -519,6 +550,7 @@ class Relay:
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._paused: list[_Link] = []  # links not read while the buffer makes room
+        self._filled: list[_Link] = []  # links with pending frames (the per-frame path)
         self._pause_timer: asyncio.TimerHandle | None = None
         self._no_links = asyncio.Event()
         self._drained = asyncio.Event()
@@ -748,11 +780,50 @@ class Relay:
         logger.info("session connected", extra=link.log())
 
     # ------------------------------------------------------------------ the connection's driver
+    def _filling(self, link: _Link) -> float:
+        """A link's first pending frame since its last take: remember the link; the time."""
+        self._filled.append(link)
+        return self._loop.time()  # type: ignore[union-attr]
+
+    def _take_pending(self, link: _Link) -> None:
+        """The link's pending frames go to the core (one step for all) and to its queue."""
+        frames = link.pending
+        if not frames:
+            return
+        link.pending = []
+        session = link.session
+        start = session.position
+        size = sum(map(len, frames))
+        accept_audio(session, size, len(frames))
+        counters = self.counters
+        counters.frames += len(frames)
+        counters.audio_bytes += size
+        self._queue_audio(link, start, frames, size, link.pending_since)
+
+    def _take_all_pending(self) -> None:
+        filled, self._filled = self._filled, []
+        for link in filled:
+            self._take_pending(link)
+
+    def _queue_audio(self, link: _Link, start: int, frames: list[bytes], size: int, first: float) -> None:
+        audio = link.audio
+        session = link.session
+        if audio.encoder is None:
+            assert session.media is not None
+            audio.bind(session.media, session.probe)
+        buffer = self.buffer
+        assert self._loop is not None
+        buffer.append_frames(audio, start, session.position, frames, size, first, self._loop.time())
+        if buffer.buffered >= buffer.high_watermark and not self._overflowing:
+            self._pause(link)
+
     def _audio(self, link: _Link, frame: bytes) -> None:
-        """The per-frame hot path: account the frame in the core, queue it for Kinesis."""
+        """An audio frame off the per-frame path: applied by the core on its own (a protocol
+        error, audio after the end, an empty frame, a frame while ``open`` waits)."""
         if link.backlog is not None:
             link.backlog.append((False, frame))
             return
+        self._take_pending(link)
         session = link.session
         start = session.position
         problem = receive_audio(session, len(frame))
@@ -765,20 +836,14 @@ class Relay:
         counters = self.counters
         counters.frames += 1
         counters.audio_bytes += len(frame)
-        audio = link.audio
-        if audio.encoder is None:
-            assert session.media is not None
-            audio.bind(session.media, session.probe)
-        buffer = self.buffer
         assert self._loop is not None
-        buffer.append(audio, start, session.position, frame, self._loop.time())
-        if buffer.buffered >= buffer.high_watermark and not self._overflowing:
-            self._pause(link)
+        self._queue_audio(link, start, [frame], len(frame), self._loop.time())
 
     def _text(self, link: _Link, data: bytes) -> None:
         if link.backlog is not None:
             link.backlog.append((True, data))
             return
+        self._take_pending(link)
         self.counters.messages += 1
         try:
             message = parse_client_message(data)
@@ -797,6 +862,7 @@ class Relay:
         """An ``open`` continuing other sessions: they are looked up (off the loop) before it is
         applied; what arrives meanwhile waits, in order, and the socket is not read."""
         link.backlog = []
+        link.sample_bytes = 0
         if link.transport is not None:
             link.transport.underlying_transport.pause_reading()
         self._spawn(self._open_continued(link, message, session_ids))
@@ -819,12 +885,15 @@ class Relay:
             else:
                 self._audio(link, data)
         if link.backlog is None and link.transport is not None and not link.transport.is_disconnected:
+            link.sample_bytes = streaming_sample_bytes(link.session)
             link.transport.underlying_transport.resume_reading()
 
     def _apply(self, link: _Link, outcome: Outcome) -> bool:
         """Send the replies (in seq order), queue the lifecycle records, save the session.
         False: there were replies and the connection was gone."""
         session = link.session
+        if link.backlog is None and not link.finished:
+            link.sample_bytes = streaming_sample_bytes(session)
         if outcome.violation:
             # With a reply it is the session's one protocol error; without, input after the end.
             self.counters.protocol_errors += 1
@@ -882,6 +951,7 @@ class Relay:
         if link is None:
             return ControlResult(action.name, session_id, False, "unknown_session",
                                  f"no live session {session_id} on relay task {self.control_address}")
+        self._take_pending(link)
         outcome = act(link.session, action)
         if isinstance(outcome, Refused):
             return ControlResult(action.name, session_id, False, outcome.code, outcome.reason,
@@ -997,7 +1067,9 @@ class Relay:
         """The socket is gone: the final state is saved, then ``disconnected`` is queued, last."""
         if link.finished:
             return
+        self._take_pending(link)
         link.finished = True
+        link.sample_bytes = 0
         self._links.pop(link.id, None)
         code, reason = status
         outcome = finish(link.session, self._clock(), code, reason)
@@ -1028,6 +1100,7 @@ class Relay:
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._take_all_pending()
             self._dispatch()
             if self._stopping and buffer.idle:
                 return
@@ -1114,6 +1187,7 @@ class Relay:
             logger.info("disconnecting the sessions still open", extra={"sessions": len(remaining)})
             for link in remaining:
                 if not link.finished:
+                    self._take_pending(link)
                     self._apply(link, disconnect(link.session, "completed", SHUTDOWN_INFO))
             await self._wait_no_links(self._close_wait_s)
         if self._server is not None:
@@ -1180,6 +1254,9 @@ async def serve_relay(settings: Settings | None = None, *, service: AudioHookSer
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     async with relay:
+        # What exists now (modules, botocore's models, the clients) lives as long as the
+        # process: the collector need not walk it again on every full collection.
+        gc.freeze()
         for signum in signals:
             loop.add_signal_handler(signum, relay.request_drain)
         try:
