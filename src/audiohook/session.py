@@ -188,7 +188,7 @@ def receive_text(
 
 def continued_session_ids(message: ClientMessage | Violation) -> list[str]:
     """The session ids an ``open`` continues: what a front must look up before :func:`receive`."""
-    if isinstance(message, Open) and message.parameters.continuedSessions:
+    if type(message) is Open and message.parameters.continuedSessions:
         return [entry.id for entry in message.parameters.continuedSessions]
     return []
 
@@ -216,10 +216,10 @@ def receive(
         # its seq: the message we refused may have had no readable seq (invalid JSON, over
         # 64 KiB) or may itself have broken the numbering, and the client must get its closed.
         session.clientseq = max(session.clientseq, message.seq)
-        if isinstance(message, Close):
+        if type(message) is Close:
             return _close(session, message, now)
         return _ignored(message)
-    if session.session_id is None and isinstance(message, Open):
+    if session.session_id is None and type(message) is Open:
         session.session_id = message.id
     problem = _check_envelope(session, message)
     if message.seq == session.clientseq + 1:
@@ -235,29 +235,31 @@ def receive(
 
 
 def _dispatch(session: Session, message: Any, policy: Policy, now: float, continued: ContinuedLookup | None) -> Outcome:
+    # Exact types, not isinstance: the models' metaclass makes isinstance an ABC check, and a
+    # ping every 5 s per call comes through here.
     state = session.state
-    if isinstance(message, Open):
+    if type(message) is Open:
         if state is not State.PREPARING:
             return protocol_error(session, f"unexpected open: the session is already {state.value}")
         return _open(session, message, policy, now, continued)
-    if isinstance(message, Close):
+    if type(message) is Close:
         return _close(session, message, now)
     if state is State.PREPARING:
         return protocol_error(session, f"unexpected {message.type} before open")
-    if isinstance(message, ClientError):
+    if type(message) is ClientError:
         return Outcome(lifecycle=[Lifecycle("client_error", message.parameters.model_dump(exclude_none=True))])
-    if isinstance(message, Ping):
+    if type(message) is Ping:
         return Outcome([_reply(session, "pong")])
-    if isinstance(message, Update):
+    if type(message) is Update:
         session.language = message.parameters.language
         return Outcome([_reply(session, "updated")], [Lifecycle("updated", {"language": session.language})])
-    if isinstance(message, Paused):
+    if type(message) is Paused:
         if state is not State.ACTIVE:
             return _ignored(message)  # pause is idempotent: a repeated confirmation is harmless
         session.state = State.PAUSED
         session.paused_by = "server" if session.server_paused else "client"
         return Outcome(lifecycle=[Lifecycle("paused", {"initiator": session.paused_by})])
-    if isinstance(message, Resumed):
+    if type(message) is Resumed:
         if state is not State.PAUSED:
             return _ignored(message)
         session.state = State.ACTIVE
@@ -272,9 +274,9 @@ def _dispatch(session: Session, message: Any, policy: Policy, now: float, contin
         session.paused_by = None
         session.resume_sent = False
         return Outcome(lifecycle=[Lifecycle("resumed", record)])
-    if isinstance(message, Discarded):
+    if type(message) is Discarded:
         return Outcome(lifecycle=[Lifecycle("discarded", _skip_discarded(session, message))])
-    if isinstance(message, (Dtmf, PlaybackStarted, PlaybackCompleted)):
+    if type(message) in (Dtmf, PlaybackStarted, PlaybackCompleted):
         return Outcome(lifecycle=[Lifecycle(message.type, message.parameters if isinstance(message.parameters, dict)
                                             else message.parameters.model_dump(exclude_none=True))])
     return protocol_error(session, f"unexpected {message.type} in state {state.value}")  # pragma: no cover

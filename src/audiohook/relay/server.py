@@ -82,7 +82,7 @@ from audiohook.aws.service import AudioHookService, RecordWriter, RouteResult
 from audiohook.aws.store import SessionStore, StoredSession
 from audiohook.aws.stream import KinesisWriter, PutOutcome
 from audiohook.config import Settings
-from audiohook.protocol import parse_client_message
+from audiohook.protocol import Ping, parse_client_message
 from audiohook.records import encode_lifecycle_record
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
 from audiohook.relay.metrics import RelayMetrics
@@ -843,10 +843,14 @@ class Relay:
         if link.backlog is not None:
             link.backlog.append((True, data))
             return
-        self._take_pending(link)
         self.counters.messages += 1
         try:
             message = parse_client_message(data)
+            if type(message) is not Ping:
+                # Pending frames go first; a ping neither changes the session's state nor
+                # writes a record (it is answered and notes the client's position), so they
+                # can wait across it.
+                self._take_pending(link)
             continued = continued_session_ids(message)
             if continued:
                 self._look_up_continued(link, message, continued)
