@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from audiohook.aws import stream
@@ -28,7 +30,7 @@ from audiohook.aws.stream import (
     PutOutcome,
     UndeliveredEntry,
 )
-from audiohook.relay.putrecords import PreparedBodies
+from audiohook.relay.putrecords import PutRecordsClient
 from faults import Faults, Sleeps
 
 STREAM = "audiohook-audio"
@@ -399,32 +401,70 @@ def test_max_attempts_must_allow_one_call(kinesis: Any) -> None:
         KinesisWriter(kinesis, STREAM, max_attempts=0)
 
 
-# --- prepared request bodies (the relay's PutRecords) -----------------------------------------
+# --- the relay's PutRecords client ---------------------------------------------------------------
 
 
-def test_prepared_bodies_carry_every_record_byte_exact(kinesis: Any) -> None:
-    sent: list[bytes] = []
-    kinesis.meta.events.register("before-send.kinesis.PutRecords", lambda request, **_: sent.append(request.body))
-    PreparedBodies.install(kinesis)
-    PreparedBodies.install(kinesis)  # a second install changes nothing
+def test_the_relays_client_carries_every_record_byte_exact_in_one_signed_body(kinesis: Any) -> None:
+    sent: list[Any] = []
+    kinesis.meta.events.register("before-send.kinesis.PutRecords", lambda request, **_: sent.append(request))
     expected = entries(700, size=3245) + [(SESSION_A, bytes(range(256)))]
 
-    outcome = writer(kinesis).put(expected)
+    outcome = writer(PutRecordsClient(kinesis)).put(expected)
 
     assert outcome == PutOutcome(delivered=701, calls=2, entries_sent=701)
     assert_exactly_once(kinesis, expected)
-    body = json.loads(sent[1])  # the request botocore signed and sent: the model's JSON, built by hand
+    request = sent[1]  # the model's JSON, built by hand, signed once
+    body = json.loads(request.body)
     assert body["StreamName"] == STREAM and len(body["Records"]) == 201
     assert body["Records"][-1] == {"Data": base64.b64encode(bytes(range(256))).decode(), "PartitionKey": SESSION_A}
+    assert request.headers["X-Amz-Target"] == "Kinesis_20131202.PutRecords"
+    assert request.headers["Content-Type"] == "application/x-amz-json-1.1"
+    assert re.fullmatch(r"AWS4-HMAC-SHA256 Credential=\w+/\d{8}/us-east-1/kinesis/aws4_request, "
+                        r"SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-amz-target, "
+                        r"Signature=[0-9a-f]{64}", request.headers["Authorization"])
 
 
-def test_prepared_bodies_keep_partial_failures_and_retries(kinesis: Any) -> None:
+def test_the_relays_client_keeps_partial_failures_and_retries(kinesis: Any) -> None:
     faults = Faults(entry_errors=lambda call, index, data: THROUGHPUT if call == 1 and index % 3 == 0 else None)
     faults.install(kinesis)
-    PreparedBodies.install(kinesis)
     expected = entries(30)
 
-    outcome = writer(kinesis).put(expected)
+    outcome = writer(PutRecordsClient(kinesis)).put(expected)
 
     assert outcome.delivered == 30 and outcome.calls == 2 and outcome.entries_sent == 40
     assert_exactly_once(kinesis, expected)
+
+
+def test_the_relays_client_retries_a_throttled_call_like_boto3(kinesis: Any) -> None:
+    faults = Faults(call_error=lambda call: (THROUGHPUT, 400) if call == 1 else None)
+    faults.install(kinesis)
+    sleeps = Sleeps()
+    expected = entries(5)
+
+    outcome = writer(PutRecordsClient(kinesis), sleeps).put(expected)
+
+    assert outcome == PutOutcome(delivered=5, calls=2, entries_sent=10, retries=1, slept_s=0.05, throttled=5)
+    assert sleeps.delays == [0.05]
+    assert_exactly_once(kinesis, expected)
+
+
+def test_the_relays_client_reports_what_a_connection_failure_left_undelivered(kinesis: Any) -> None:
+    Faults(connection_error_calls={1, 2}).install(kinesis)
+
+    outcome = writer(PutRecordsClient(kinesis), max_attempts=2).put(entries(3))
+
+    assert [(entry.index, entry.error_code, entry.attempts) for entry in outcome.undelivered] == [
+        (0, "EndpointConnectionError", 2), (1, "EndpointConnectionError", 2), (2, "EndpointConnectionError", 2)]
+    assert read_stream(kinesis) == []
+
+
+def test_the_relays_client_raises_the_error_boto3_raises(kinesis: Any) -> None:
+    records = [{"Data": b"x", "PartitionKey": SESSION_A}]
+    with pytest.raises(ClientError) as from_boto3:
+        kinesis.put_records(StreamName="no-such-stream", Records=records)
+    with pytest.raises(ClientError) as from_ours:
+        PutRecordsClient(kinesis).put_records(StreamName="no-such-stream", Records=records)
+
+    assert type(from_ours.value) is type(from_boto3.value)
+    assert from_ours.value.response["Error"] == from_boto3.value.response["Error"]
+    assert from_ours.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400

@@ -11,6 +11,7 @@ or low: this writer already retries, and botocore's retries would multiply its a
 
 from __future__ import annotations
 
+import copy
 import random as random_module
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -156,6 +157,12 @@ class KinesisWriter:
     @property
     def client(self) -> Any:
         return self._client
+
+    def using(self, client: Any) -> KinesisWriter:
+        """The same writer (stream, attempts, backoff) over another client with ``put_records``."""
+        writer = copy.copy(self)
+        writer._client = client
+        return writer
 
     @property
     def stream_name(self) -> str:

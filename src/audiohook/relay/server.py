@@ -36,7 +36,7 @@ flush holds all its frames since the last one, so the per-record costs are share
 ``RELAY_FLUSH_MS / 200`` frames of a real-time stream (a tick sends as many calls as it
 needs, each up to 500 records or 5 MiB); at most ``max_inflight`` calls at
 once and one per session at a time, with request bodies built without botocore's per-record
-serialisation (:class:`audiohook.relay.putrecords.PreparedBodies`).
+serialisation (:class:`audiohook.relay.putrecords.PutRecordsClient`).
 
 Memory is bounded by ``RELAY_MAX_BUFFER_BYTES``: above 3/4 of it the relay stops reading the
 sockets that bring audio (TCP pushes back on the client) until the buffer is below 1/2; if
@@ -86,7 +86,7 @@ from audiohook.protocol import Ping, parse_client_message
 from audiohook.records import encode_lifecycle_record
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
 from audiohook.relay.metrics import RelayMetrics
-from audiohook.relay.putrecords import PreparedBodies
+from audiohook.relay.putrecords import PutRecordsClient
 from audiohook.session import (
     Outcome,
     Reconnect,
@@ -525,7 +525,7 @@ class Relay:
         self._final_flush_s = final_flush_s
         self._writer: RecordWriter = service.records
         if isinstance(self._writer, KinesisWriter):
-            PreparedBodies.install(self._writer.client)
+            self._writer = self._writer.using(PutRecordsClient(self._writer.client))
         self.store = CachedSessionStore(service.store)
         self.buffer = AudioBuffer(
             settings.relay_max_buffer_bytes if max_buffer_bytes is None else max_buffer_bytes,
