@@ -122,6 +122,7 @@ RECONNECT_INFO = "server task stopping: continue on a new connection"
 # real-time frames are 3.2 s of audio; 2,000 bursting connections hold 1 GiB at most.
 MAX_PENDING_FRAMES = 16
 MAX_PENDING_FRAME_BYTES = 32 * 1024
+TAKE_SLICE = 200  # links whose pending frames a flush takes before letting the loop run
 MAX_CONTROL_REQUEST_BYTES = 256 * 1024  # an event is at most 64 KiB; its JSON request a little more
 CONTROL_APPLY_TIMEOUT_S = 5.0
 
@@ -800,10 +801,15 @@ class Relay:
         counters.audio_bytes += size
         self._queue_audio(link, start, frames, size, link.pending_since)
 
-    def _take_all_pending(self) -> None:
+    async def _take_all_pending(self) -> None:
+        """Every link's pending frames, a slice at a time: between slices the loop answers
+        what arrived meanwhile (a flush of 2,000 sessions in one go would hold it ~20 ms)."""
         filled, self._filled = self._filled, []
-        for link in filled:
-            self._take_pending(link)
+        for start in range(0, len(filled), TAKE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for link in filled[start:start + TAKE_SLICE]:
+                self._take_pending(link)
 
     def _queue_audio(self, link: _Link, start: int, frames: list[bytes], size: int, first: float) -> None:
         audio = link.audio
@@ -1104,7 +1110,7 @@ class Relay:
             except TimeoutError:
                 pass
             self._wake.clear()
-            self._take_all_pending()
+            await self._take_all_pending()
             self._dispatch()
             if self._stopping and buffer.idle:
                 return
