@@ -1,0 +1,403 @@
+"""The relay's per-frame path over real sockets, against moto: streaming frames wait
+unaccounted (``_Link.pending``) until the flush or the next other input, and must land in
+Kinesis exactly where the frame-by-frame path put them: every byte, every position, every
+lifecycle record after the audio that came before it, ``disconnected`` last.
+
+Most tests use a flush interval longer than the test, so frames are still pending when what
+follows them arrives; ``hold`` waits until the relay holds them, so the premise is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from test_relay import (
+    CALL_IDS,
+    FRAME,
+    SAMPLES,
+    eventually,
+    frame,
+    lifecycle_of,
+    message,
+    open_socket,
+    quick_relay,
+    receive,
+    relay_service,
+    run,
+    session_records,
+)
+from websockets.asyncio.client import ClientConnection
+
+from audiohook.records import AudioRecord, LifecycleRecord
+from audiohook.relay.server import MAX_PENDING_FRAME_BYTES, MAX_PENDING_FRAMES, Relay
+from audiohook.session import Pause, Resume, SendEvent
+from conftest import Aws, open_parameters
+
+NO_FLUSH_MS = 60_000  # no flush tick during a test: only other input (or the end) takes pending frames
+BAD_FRAME_INFO = "audio frame of 3201 bytes is not a whole number of samples: stereo PCMU needs a multiple of 2 bytes"
+ENTITIES = [{"type": "transcript", "data": {
+    "id": "8a7c2b52-0f84-4e7e-9f53-3a4e07f5ad2b", "channelId": 0, "isFinal": True,
+    "offset": "PT0.2S", "duration": "PT0.4S",
+    "alternatives": [{"confidence": 0.5, "interpretations": [{"type": "display", "transcript": "Grüße, 你好"}]}]}}]
+
+
+def pending_frames(relay: Relay) -> int:
+    return sum(len(link.pending) for link in relay._links.values())
+
+
+def state_of(relay: Relay) -> str:
+    (link,) = relay._links.values()
+    return link.session.state.value
+
+
+async def hold(relay: Relay, ws: ClientConnection, frames: list[bytes], *, behind: int = 0) -> None:
+    """Send ``frames`` and wait until the relay holds them, unaccounted, behind ``behind``
+    frames still pending from before (what came between has taken any others)."""
+    for data in frames:
+        await ws.send(data)
+    await eventually(lambda: pending_frames(relay) == behind + len(frames))
+
+
+async def opened(relay: Relay, session_id: str) -> ClientConnection:
+    ws = await open_socket(relay, session_id)
+    await ws.send(json.dumps(message(session_id, "open", 1, 0, open_parameters(*CALL_IDS))))
+    assert (await receive(ws))["type"] == "opened"
+    return ws
+
+
+async def send(ws: ClientConnection, data: dict[str, Any]) -> None:
+    await ws.send(json.dumps(data))
+
+
+def timeline(records: list[AudioRecord | LifecycleRecord]) -> list[tuple[Any, ...]]:
+    """The session's records in stream order: consecutive audio records that continue each
+    other as one ``("audio", position, bytes)`` (how frames are grouped into records is the
+    buffer's business), lifecycle records as ``(event, position)``."""
+    out: list[tuple[Any, ...]] = []
+    for record in records:
+        if isinstance(record, AudioRecord):
+            last = out[-1] if out else None
+            if last is not None and last[0] == "audio" and last[1] + len(last[2]) // 2 == record.position:
+                out[-1] = ("audio", last[1], last[2] + record.audio)
+            else:
+                out.append(("audio", record.position, record.audio))
+        else:
+            out.append((record.event, record.position))
+    return out
+
+
+def event(records: list[AudioRecord | LifecycleRecord], name: str) -> LifecycleRecord:
+    (found,) = [r for r in lifecycle_of(records) if r.event == name]
+    return found
+
+
+def frames(*numbers: int) -> bytes:
+    return b"".join(frame(n) for n in numbers)
+
+
+# --- state changes from the client ------------------------------------------------------------
+
+
+def test_audio_pending_before_paused_resumed_discarded_and_close_lands_before_each_at_its_exact_position(
+        aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> dict[str, Any]:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0), frame(1), frame(2)])
+        await send(ws, message(s, "paused", 2, 1))
+        await send(ws, message(s, "resumed", 3, 1, {"start": "PT0.6S", "discarded": "PT1S"}))
+        await hold(relay, ws, [frame(3), frame(4)])
+        await send(ws, message(s, "discarded", 4, 1, {"start": "PT2.6S", "discarded": "PT0.2S"}))
+        await hold(relay, ws, [frame(5)])
+        await send(ws, message(s, "close", 5, 1, {"reason": "end"}))
+        closed = await receive(ws)
+        await ws.close()
+        return closed
+
+    closed = run(_with_relay(aws, scenario))
+
+    assert closed == {"version": "2", "type": "closed", "seq": 2, "clientseq": 5, "id": s, "parameters": {}}
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0),
+        ("audio", 0, frames(0, 1, 2)),
+        ("paused", 3 * SAMPLES),
+        ("resumed", 3 * SAMPLES + 8000),
+        ("audio", 3 * SAMPLES + 8000, frames(3, 4)),
+        ("discarded", 5 * SAMPLES + 8000 + 1600),
+        ("audio", 5 * SAMPLES + 8000 + 1600, frames(5)),
+        ("closed", 6 * SAMPLES + 9600),
+        ("disconnected", 6 * SAMPLES + 9600),
+    ]
+    assert event(records, "resumed").data == {"start": "PT0.6S", "discarded": "PT1S", "samples": 8000,
+                                              "initiator": "client", "pausedBy": "client"}
+    final = event(records, "disconnected").data
+    assert (final["frames"], final["audioBytes"], final["position"]) == (6, 6 * FRAME, 6 * SAMPLES + 9600)
+
+
+def test_a_frame_of_a_bad_length_after_pending_frames_gets_one_disconnect_and_the_frames_before_it_keep_their_place(
+        aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0), frame(1), frame(2)])
+        await ws.send(frame(3, FRAME + 1))
+        replies = [await receive(ws)]
+        await ws.send(frame(4))  # after the error: ignored
+        await ws.send(frame(5, FRAME + 1))  # and so is another bad one: no second disconnect
+        await send(ws, message(s, "close", 2, 2, {"reason": "error"}))
+        replies.append(await receive(ws))
+        await ws.close()
+        await eventually(lambda: relay.sessions() == 0)
+        return replies, relay.metrics()
+
+    replies, metrics = run(_with_relay(aws, scenario))
+
+    assert replies == [
+        {"version": "2", "type": "disconnect", "seq": 2, "clientseq": 1, "id": s,
+         "parameters": {"reason": "error", "info": BAD_FRAME_INFO}},
+        {"version": "2", "type": "closed", "seq": 3, "clientseq": 2, "id": s, "parameters": {}},
+    ]
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0), ("audio", 0, frames(0, 1, 2)), ("error", 3 * SAMPLES), ("closed", 3 * SAMPLES),
+        ("disconnected", 3 * SAMPLES)]
+    assert event(records, "error").data == {"info": BAD_FRAME_INFO, "state": "ACTIVE"}
+    assert (metrics["frames"], metrics["frames_ignored"], metrics["protocol_errors"]) == (3, 2, 1)
+
+
+def test_an_empty_frame_between_pending_frames_is_counted_and_moves_nothing(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> None:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0), frame(1)])
+        await ws.send(b"")
+        await hold(relay, ws, [frame(2), frame(3)])
+        await ws.send(b"")
+        await send(ws, message(s, "close", 2, 1, {"reason": "end"}))
+        assert (await receive(ws))["type"] == "closed"
+        await ws.close()
+
+    run(_with_relay(aws, scenario))
+
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0), ("audio", 0, frames(0, 1, 2, 3)), ("closed", 4 * SAMPLES), ("disconnected", 4 * SAMPLES)]
+    final = event(records, "disconnected").data
+    assert (final["frames"], final["emptyFrames"], final["audioBytes"]) == (4, 2, 4 * FRAME)
+
+
+def test_a_burst_beyond_the_pending_limit_with_frames_too_big_to_wait_arrives_bit_exact_and_in_order(
+        aws: Aws) -> None:
+    s = str(uuid.uuid4())
+    sizes = [FRAME] * (MAX_PENDING_FRAMES + 3) + [MAX_PENDING_FRAME_BYTES, MAX_PENDING_FRAME_BYTES + 2, 2,
+                                                   64 * 1024, FRAME, 2 * MAX_PENDING_FRAME_BYTES] + [FRAME] * 40
+    burst = [bytes((n * 7 + i) % 251 for i in range(size)) for n, size in enumerate(sizes)]
+
+    async def scenario(relay: Relay) -> dict[str, Any]:
+        ws = await opened(relay, s)
+        for data in burst:
+            await ws.send(data)
+        await send(ws, message(s, "close", 2, 1, {"reason": "end"}))
+        assert (await receive(ws))["type"] == "closed"
+        await ws.close()
+        await eventually(lambda: relay.sessions() == 0)
+        return relay.metrics()
+
+    metrics = run(_with_relay(aws, scenario))
+
+    total = sum(sizes) // 2
+    assert timeline(session_records(aws, s)) == [
+        ("opened", 0), ("audio", 0, b"".join(burst)), ("closed", total), ("disconnected", total)]
+    assert (metrics["frames"], metrics["bytes"]) == (len(burst), sum(sizes))
+
+
+def test_a_link_hands_its_frames_over_once_it_holds_the_pending_limit(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> list[tuple[int, int]]:
+        ws = await opened(relay, s)
+        seen = []
+        await hold(relay, ws, [frame(n) for n in range(MAX_PENDING_FRAMES - 1)])
+        seen.append((relay.metrics()["frames"], pending_frames(relay)))
+        await ws.send(frame(MAX_PENDING_FRAMES - 1))
+        await eventually(lambda: relay.metrics()["frames"] == MAX_PENDING_FRAMES)
+        seen.append((relay.metrics()["frames"], pending_frames(relay)))
+        await hold(relay, ws, [frame(MAX_PENDING_FRAMES)])
+        seen.append((relay.metrics()["frames"], pending_frames(relay)))
+        await ws.close()
+        return seen
+
+    seen = run(_with_relay(aws, scenario))
+
+    assert seen == [(0, MAX_PENDING_FRAMES - 1), (MAX_PENDING_FRAMES, 0), (MAX_PENDING_FRAMES, 1)]
+    assert timeline(session_records(aws, s)) == [
+        ("opened", 0), ("audio", 0, frames(*range(MAX_PENDING_FRAMES + 1))),
+        ("disconnected", (MAX_PENDING_FRAMES + 1) * SAMPLES)]
+
+
+# --- pings ------------------------------------------------------------------------------------
+
+
+def test_a_ping_between_pending_frames_is_answered_exactly_and_moves_no_audio(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> list[dict[str, Any]]:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0), frame(1)])
+        # A position far ahead of the audio, then one behind it: neither moves anything.
+        await send(ws, message(s, "ping", 2, 1, {"rtt": "PT0.05S"}, position="PT90S"))
+        replies = [await receive(ws)]
+        await hold(relay, ws, [frame(2), frame(3), frame(4), frame(5)], behind=2)  # they wait across a ping
+        await send(ws, message(s, "ping", 3, 1, position="PT0S"))
+        replies.append(await receive(ws))
+        await send(ws, message(s, "close", 4, 1, {"reason": "end"}))
+        replies.append(await receive(ws))
+        await ws.close()
+        return replies
+
+    replies = run(_with_relay(aws, scenario))
+
+    assert replies == [
+        {"version": "2", "type": "pong", "seq": 2, "clientseq": 2, "id": s, "parameters": {}},
+        {"version": "2", "type": "pong", "seq": 3, "clientseq": 3, "id": s, "parameters": {}},
+        {"version": "2", "type": "closed", "seq": 4, "clientseq": 4, "id": s, "parameters": {}},
+    ]
+    assert timeline(session_records(aws, s)) == [
+        ("opened", 0), ("audio", 0, frames(0, 1, 2, 3, 4, 5)), ("closed", 6 * SAMPLES),
+        ("disconnected", 6 * SAMPLES)]
+
+
+# --- server actions and the end of the connection ---------------------------------------------
+
+
+def test_control_actions_while_frames_are_pending_come_after_that_audio_numbered_with_the_replies(
+        aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> tuple[list[Any], list[dict[str, Any]]]:
+        ws = await opened(relay, s)
+        results, received = [], []
+        await hold(relay, ws, [frame(0), frame(1), frame(2)])
+        results.append(relay.apply_action(s, Pause()))
+        received.append(await receive(ws))
+        await hold(relay, ws, [frame(3)])  # streamed before the client saw the pause
+        await send(ws, message(s, "paused", 2, 2))
+        await eventually(lambda: state_of(relay) == "PAUSED")
+        results.append(relay.apply_action(s, Resume()))
+        received.append(await receive(ws))
+        await send(ws, message(s, "resumed", 3, 3, {"start": "PT0.8S", "discarded": "PT0S"}))
+        await hold(relay, ws, [frame(4), frame(5)])
+        results.append(relay.apply_action(s, SendEvent(ENTITIES)))
+        received.append(await receive(ws))
+        await send(ws, message(s, "close", 4, 4, {"reason": "end"}))
+        received.append(await receive(ws))
+        await ws.close()
+        return [(r.delivered, r.code, r.state, r.message) for r in results], received
+
+    results, received = run(_with_relay(aws, scenario))
+
+    pause = {"version": "2", "type": "pause", "seq": 2, "clientseq": 1, "id": s, "parameters": {}}
+    resume = {"version": "2", "type": "resume", "seq": 3, "clientseq": 2, "id": s, "parameters": {}}
+    sent_event = {"version": "2", "type": "event", "seq": 4, "clientseq": 3, "id": s,
+                  "parameters": {"entities": ENTITIES}}
+    assert results == [(True, "delivered", "ACTIVE", pause), (True, "delivered", "PAUSED", resume),
+                       (True, "delivered", "ACTIVE", sent_event)]
+    assert received == [pause, resume, sent_event,
+                        {"version": "2", "type": "closed", "seq": 5, "clientseq": 4, "id": s, "parameters": {}}]
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0),
+        ("audio", 0, frames(0, 1, 2)),
+        ("pausing", 3 * SAMPLES),
+        ("audio", 3 * SAMPLES, frames(3)),
+        ("paused", 4 * SAMPLES),
+        ("resuming", 4 * SAMPLES),
+        ("resumed", 4 * SAMPLES),
+        ("audio", 4 * SAMPLES, frames(4, 5)),
+        ("event", 6 * SAMPLES),
+        ("closed", 6 * SAMPLES),
+        ("disconnected", 6 * SAMPLES),
+    ]
+    assert [event(records, name).data["seq"] for name in ("pausing", "resuming", "event")] == [2, 3, 4]
+    assert event(records, "paused").data == {"initiator": "server"}
+
+
+def test_a_socket_dropped_with_frames_pending_delivers_them_then_disconnected_last(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> None:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(n) for n in range(5)])
+        ws.transport.abort()  # no close frame: the connection is simply lost
+        await eventually(lambda: relay.sessions() == 0)
+
+    run(_with_relay(aws, scenario))
+
+    records = session_records(aws, s)
+    assert timeline(records) == [("opened", 0), ("audio", 0, frames(*range(5))), ("disconnected", 5 * SAMPLES)]
+    final = event(records, "disconnected").data
+    assert {k: final[k] for k in ("outcome", "statusCode", "frames", "audioBytes", "position")} == {
+        "outcome": "abandoned", "statusCode": 1006, "frames": 5, "audioBytes": 5 * FRAME, "position": 5 * SAMPLES}
+
+
+def test_the_shutdown_disconnect_comes_after_the_frames_pending_when_it_is_sent(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario() -> dict[str, Any]:
+        async with quick_relay(relay_service(aws), flush_ms=NO_FLUSH_MS, drain_s=0, close_wait_s=0.2) as relay:
+            ws = await opened(relay, s)
+            await hold(relay, ws, [frame(0), frame(1)])
+            await relay.drain()
+            return await receive(ws)
+
+    told = run(scenario())
+
+    assert told == {"version": "2", "type": "disconnect", "seq": 2, "clientseq": 1, "id": s,
+                    "parameters": {"reason": "completed", "info": "server shutting down"}}
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0), ("audio", 0, frames(0, 1)), ("disconnecting", 2 * SAMPLES), ("disconnected", 2 * SAMPLES)]
+
+
+# --- the memory bound -------------------------------------------------------------------------
+
+
+def test_pending_frames_that_only_partly_fit_in_the_buffer_keep_what_fits_and_one_gap_covers_the_rest(
+        aws: Aws) -> None:
+    s = str(uuid.uuid4())
+    size = 8000  # 0.5 s of stereo PCMU; the opened record takes well under half a frame
+    big = [bytes([n]) * size for n in range(6)]
+
+    async def scenario() -> dict[str, Any]:
+        async with quick_relay(relay_service(aws), flush_ms=NO_FLUSH_MS, max_buffer_bytes=3 * size + size // 2,
+                               max_pause_s=0.05) as relay:
+            ws = await opened(relay, s)
+            await hold(relay, ws, big)
+            await send(ws, message(s, "close", 2, 1, {"reason": "end"}))
+            assert (await receive(ws))["type"] == "closed"
+            await ws.close()
+            await eventually(lambda: relay.sessions() == 0)
+            return relay.metrics()
+
+    metrics = run(scenario())
+
+    samples = size // 2
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0), ("audio", 0, b"".join(big[:3])), ("gap", 6 * samples), ("closed", 6 * samples),
+        ("disconnected", 6 * samples)]
+    assert event(records, "gap").data == {"start": 3 * samples, "samples": 3 * samples, "frames": 3,
+                                          "reason": "relay buffer full"}
+    assert (metrics["dropped"], metrics["dropped_samples"], metrics["dropped_bytes"]) == (3, 3 * samples, 3 * size)
+    assert (metrics["frames"], metrics["gaps"]) == (6, 1)
+
+
+async def _with_relay(aws: Aws, body: Any, **options: Any) -> Any:
+    async with quick_relay(relay_service(aws), flush_ms=options.pop("flush_ms", NO_FLUSH_MS), **options) as relay:
+        return await body(relay)
