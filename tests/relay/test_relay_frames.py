@@ -13,6 +13,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from test_relay import (
     CALL_IDS,
     FRAME,
@@ -271,6 +272,44 @@ def test_a_ping_between_pending_frames_is_answered_exactly_and_moves_no_audio(aw
     assert timeline(session_records(aws, s)) == [
         ("opened", 0), ("audio", 0, frames(0, 1, 2, 3, 4, 5)), ("closed", 6 * SAMPLES),
         ("disconnected", 6 * SAMPLES)]
+
+
+@pytest.mark.parametrize(("change", "info"), [
+    ({"seq": 5}, "ping.seq is 5 but the previous client seq was 1; expected 2"),
+    ({"serverseq": 9}, "ping.serverseq is 9 but the last server seq sent was 1"),
+    ({"id": "0f5e3a1c-1111-4222-8333-944445555666"},
+     "ping.id 0f5e3a1c-1111-4222-8333-944445555666 does not match the session id {s}"),
+], ids=["seq", "serverseq", "id"])
+def test_a_ping_that_breaks_the_protocol_after_pending_frames_records_the_error_after_their_audio(
+        aws: Aws, change: dict[str, Any], info: str) -> None:
+    s = str(uuid.uuid4())
+    info = info.format(s=s)
+
+    async def scenario(relay: Relay) -> list[dict[str, Any]]:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0), frame(1), frame(2)])
+        await send(ws, message(s, "ping", 2, 1) | change)
+        replies = [await receive(ws)]
+        await ws.send(frame(3))  # after the error: ignored
+        await send(ws, message(s, "close", 3, 2, {"reason": "error"}))
+        replies.append(await receive(ws))
+        await ws.close()
+        return replies
+
+    replies = run(_with_relay(aws, scenario))
+
+    clientseq = 1 if "seq" in change else 2
+    assert replies == [
+        {"version": "2", "type": "disconnect", "seq": 2, "clientseq": clientseq, "id": s,
+         "parameters": {"reason": "error", "info": info}},
+        {"version": "2", "type": "closed", "seq": 3, "clientseq": 3, "id": s, "parameters": {}},
+    ]
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0), ("audio", 0, frames(0, 1, 2)), ("error", 3 * SAMPLES), ("closed", 3 * SAMPLES),
+        ("disconnected", 3 * SAMPLES)]
+    final = event(records, "disconnected").data
+    assert (final["frames"], final["audioBytes"], final["error"]) == (3, 3 * FRAME, info)
 
 
 # --- server actions and the end of the connection ---------------------------------------------

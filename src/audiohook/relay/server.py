@@ -853,8 +853,8 @@ class Relay:
         try:
             message = parse_client_message(data)
             if type(message) is not Ping:
-                # Pending frames go first; a ping neither changes the session's state nor
-                # writes a record (it is answered and notes the client's position), so they
+                # Pending frames go first; a ping answered with a pong neither changes the
+                # session's state nor writes a record (it notes the client's position), so they
                 # can wait across it.
                 self._take_pending(link)
             continued = continued_session_ids(message)
@@ -862,6 +862,10 @@ class Relay:
                 self._look_up_continued(link, message, continued)
                 return
             outcome = receive(link.session, message, self._policy, self._clock())
+            if outcome.lifecycle:
+                # A ping that broke the protocol: its error record (and the session's end)
+                # comes after the frames received before it, at their position.
+                self._take_pending(link)
         except Exception:
             logger.exception("message failed", extra=link.log())
             self.counters.errors += 1
