@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from audiohook.records import AudioRecord, LifecycleRecord, decode_record, encode_lifecycle_record
+from audiohook.records import (
+    MAX_FRAME_COUNT,
+    AudioRecord,
+    LifecycleRecord,
+    decode_record,
+    encode_lifecycle_record,
+)
 from audiohook.relay.buffer import DROPPED_REASON, AudioBuffer, LatencyHistogram, SessionAudio
 
 SESSION_A = "e160e428-53e2-487c-977d-96989bf5c99d"
@@ -274,3 +280,57 @@ def test_gap_records_are_valid_lifecycle_json() -> None:
     assert batch is not None
     document = json.loads(batch.entries[-1][1])
     assert document["event"] == "gap" and document["sessionId"] == SESSION_B
+
+
+def audio_records(audio_buffer: AudioBuffer) -> list[AudioRecord]:
+    """Every audio record the buffer sends until it is empty (each batch settled as delivered)."""
+    records = []
+    while (batch := audio_buffer.take_batch()) is not None:
+        records += [r for r in decoded(batch.entries) if isinstance(r, AudioRecord)]
+        audio_buffer.settle(batch, {}, now=1.0)
+    return records
+
+
+def test_frames_appended_together_that_overflow_the_open_record_continue_it_without_a_hole() -> None:
+    audio_buffer = buffer(max_run_bytes=5 * FRAME)
+    audio = session(audio_buffer)
+    feed(audio_buffer, audio, 3)
+    frames = [bytes([n]) * FRAME for n in range(3, 7)]
+
+    assert audio_buffer.append_frames(audio, 3 * SAMPLES, 7 * SAMPLES, frames, 4 * FRAME, 0.0, 0.1)
+
+    records = audio_records(audio_buffer)
+    assert [(r.position, r.frame_count) for r in records] == [(0, 3), (3 * SAMPLES, 4)]
+    assert b"".join(r.audio for r in records) == b"".join(bytes([n]) * FRAME for n in range(7))
+    assert audio_buffer.counters.frames_delivered == 7
+
+
+def test_frames_appended_together_that_only_partly_fit_keep_what_fits_and_gap_the_rest() -> None:
+    audio_buffer = buffer(max_bytes=3 * FRAME + FRAME // 2)
+    audio = session(audio_buffer)
+    frames = [bytes([n]) * FRAME for n in range(5)]
+
+    assert not audio_buffer.append_frames(audio, 0, 5 * SAMPLES, frames, 5 * FRAME, 0.0, 0.1)
+    batch = audio_buffer.take_batch()
+
+    assert batch is not None
+    record, gap = decoded(batch.entries)
+    assert isinstance(record, AudioRecord) and isinstance(gap, LifecycleRecord)
+    assert (record.position, record.frame_count, record.audio) == (0, 3, b"".join(frames[:3]))
+    assert (gap.event, gap.position) == ("gap", 5 * SAMPLES)
+    assert gap.data == {"start": 3 * SAMPLES, "samples": 2 * SAMPLES, "frames": 2, "reason": DROPPED_REASON}
+    counters = audio_buffer.counters
+    assert (counters.frames_buffered, counters.frames_dropped, counters.bytes_dropped) == (3, 2, 2 * FRAME)
+
+
+def test_a_record_never_holds_more_than_the_frame_count_limit() -> None:
+    audio_buffer = buffer()
+    audio = session(audio_buffer)
+    frames = [bytes([n % 256, n % 256]) for n in range(MAX_FRAME_COUNT + 2)]  # one sample pair each
+
+    assert audio_buffer.append_frames(audio, 0, len(frames), frames, 2 * len(frames), 0.0, 0.1)
+
+    records = audio_records(audio_buffer)
+    assert [(r.position, r.frame_count) for r in records] == [(0, MAX_FRAME_COUNT), (MAX_FRAME_COUNT, 2)]
+    assert b"".join(r.audio for r in records) == b"".join(frames)
+
