@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from audiohook.records import (
+    MAX_AUDIO_PAYLOAD_BYTES,
     MAX_FRAME_COUNT,
     AudioRecord,
     LifecycleRecord,
@@ -334,3 +335,20 @@ def test_a_record_never_holds_more_than_the_frame_count_limit() -> None:
     assert [(r.position, r.frame_count) for r in records] == [(0, MAX_FRAME_COUNT), (MAX_FRAME_COUNT, 2)]
     assert b"".join(r.audio for r in records) == b"".join(frames)
 
+
+def test_a_frame_bigger_than_a_record_goes_out_in_record_sized_pieces_of_whole_samples() -> None:
+    audio_buffer = buffer()
+    audio = session(audio_buffer)
+    big = bytes(n % 251 for n in range(MAX_AUDIO_PAYLOAD_BYTES + FRAME + 1))  # 1,051,696 bytes: whole samples
+    piece = MAX_AUDIO_PAYLOAD_BYTES - 1  # the most whole samples a record holds
+    after = SAMPLES + len(big) // 2
+
+    assert feed(audio_buffer, audio, 1)
+    assert audio_buffer.append(audio, SAMPLES, after, big, 0.0)
+    assert audio_buffer.append(audio, after, after + SAMPLES, bytes([7]) * FRAME, 0.0)
+    records = audio_records(audio_buffer)
+
+    assert [(r.position, len(r.audio)) for r in records] == [
+        (0, FRAME), (SAMPLES, piece), (SAMPLES + piece // 2, len(big) - piece + FRAME)]  # the next frame joins
+    assert b"".join(r.audio for r in records) == bytes(FRAME) + big + bytes([7]) * FRAME
+    assert (audio_buffer.buffered, audio_buffer.counters.gaps) == (0, 0)

@@ -32,7 +32,7 @@ from test_relay import (
 from websockets.asyncio.client import ClientConnection
 
 from audiohook.records import AudioRecord, LifecycleRecord
-from audiohook.relay.server import MAX_PENDING_FRAME_BYTES, MAX_PENDING_FRAMES, Relay
+from audiohook.relay.server import MAX_MESSAGE_BYTES, MAX_PENDING_FRAME_BYTES, MAX_PENDING_FRAMES, Relay
 from audiohook.session import Pause, Resume, SendEvent
 from conftest import Aws, open_parameters
 
@@ -216,6 +216,30 @@ def test_a_burst_beyond_the_pending_limit_with_frames_too_big_to_wait_arrives_bi
     assert timeline(session_records(aws, s)) == [
         ("opened", 0), ("audio", 0, b"".join(burst)), ("closed", total), ("disconnected", total)]
     assert (metrics["frames"], metrics["bytes"]) == (len(burst), sum(sizes))
+
+
+def test_a_frame_as_big_as_a_message_may_be_arrives_whole_at_its_position(aws: Aws) -> None:
+    # 1 MiB (MAX_MESSAGE_BYTES): more than one Kinesis record holds; it goes out in pieces.
+    s = str(uuid.uuid4())
+    big = bytes(n % 251 for n in range(MAX_MESSAGE_BYTES))
+
+    async def scenario(relay: Relay) -> dict[str, Any]:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0)])
+        await ws.send(big)
+        await ws.send(frame(1))
+        await send(ws, message(s, "close", 2, 1, {"reason": "end"}))
+        assert (await receive(ws))["type"] == "closed"
+        await ws.close()
+        await eventually(lambda: relay.sessions() == 0)
+        return relay.metrics()
+
+    metrics = run(_with_relay(aws, scenario))
+
+    end = (2 * FRAME + len(big)) // 2
+    assert timeline(session_records(aws, s)) == [
+        ("opened", 0), ("audio", 0, frame(0) + big + frame(1)), ("closed", end), ("disconnected", end)]
+    assert (metrics["frames"], metrics["gaps"], metrics["errors"]) == (3, 0, 0)
 
 
 def test_a_link_hands_its_frames_over_once_it_holds_the_pending_limit(aws: Aws) -> None:

@@ -245,13 +245,19 @@ class AudioBuffer:
 
     def _append_one_by_one(self, audio: SessionAudio, start: int, frames: list[bytes], first: float,
                            taken: float) -> bool:
-        """Each frame on its own: every run as full as it can be, and what does not fit dropped."""
+        """Each frame on its own: every run as full as it can be, and what does not fit dropped.
+        A frame bigger than a record goes in record-sized pieces of whole samples (each piece
+        counts as a frame of its record)."""
         kept = True
         position = start
+        sample_bytes = audio.sample_bytes
+        piece_bytes = self._max_run_bytes - self._max_run_bytes % sample_bytes
         for frame in frames:
-            after = position + len(frame) // audio.sample_bytes
-            kept &= self.append_frames(audio, position, after, [frame], len(frame), first, taken)
-            position = after
+            for offset in range(0, len(frame), piece_bytes):
+                piece = frame if len(frame) <= piece_bytes else frame[offset:offset + piece_bytes]
+                after = position + len(piece) // sample_bytes
+                kept &= self.append_frames(audio, position, after, [piece], len(piece), first, taken)
+                position = after
         return kept
 
     def add_records(self, audio: SessionAudio, records: list[bytes]) -> None:
