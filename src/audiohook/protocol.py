@@ -20,7 +20,8 @@ from audiohook import PROTOCOL_VERSION
 MAX_TEXT_BYTES = 64 * 1024
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
 
-Uuid = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+Uuid = Annotated[str, Field(pattern=_UUID.pattern)]
 _DURATION = re.compile(r"^PT(\d+(?:\.\d+)?)S$")
 Duration = Annotated[str, Field(pattern=_DURATION.pattern)]
 Channel = Literal["external", "internal"]
@@ -359,7 +360,7 @@ class ServerMessage:
     """A server message; field order matches what Genesys' own server emits.
 
     A plain dataclass rather than a model: every field comes from the session (numbers it
-    keeps, an id validated when the session began) or from a validated parameters model, and
+    keeps, an id :func:`server_message` checks is a UUID) or from a validated parameters model, and
     a ``pong`` is built for every client ``ping``, so validating the envelope again would only
     cost time. The parameters models still serialise themselves.
     """
@@ -385,7 +386,10 @@ EMPTY_PARAMETERS = EmptyParameters()
 def server_message(
     type: ServerType, *, session_id: str, seq: int, clientseq: int, parameters: ServerParameters | None = None
 ) -> ServerMessage:
-    if seq < 1 or clientseq < 0 or len(session_id) != 36:  # the id was validated when the session began
+    # The envelope is written as text (ServerMessage.to_json): the id must be a UUID, not merely
+    # 36 characters. Only an open's id is validated when the session begins; one taken from the
+    # Audiohook-Session-Id header is not, and a reply may name it before any open (an error).
+    if seq < 1 or clientseq < 0 or _UUID.fullmatch(session_id) is None:
         raise ValueError(f"not a server message: seq {seq}, clientseq {clientseq}, id {session_id!r}")
     return ServerMessage(type, seq, clientseq, session_id, EMPTY_PARAMETERS if parameters is None else parameters)
 

@@ -356,3 +356,18 @@ def test_server_text_keeps_non_ascii_as_utf8_in_the_documented_field_order() -> 
         "float": 1e16, "small": 5e-324, "negative": -0.0, "int": 10**20, "null": None, "nan": None, "inf": None,
         "ü": ["ß", 1.5]}
 
+
+@pytest.mark.parametrize("session_id", [
+    '"' + "a" * 35,
+    "x" * 36,
+    "5f020a60-a9cf-4a0a-add7-717401f0481\\",
+    "5f020a60a9cf-4a0a-add7-717401f04817-",
+    "5f020a60-a9cf-4a0a-add7-717401f0481é",
+    " 5f020a60-a9cf-4a0a-add7-717401f0481",
+    SESSION_ID + "\n",
+], ids=["quote", "letters", "backslash", "dashes-moved", "non-ascii", "space", "trailing-newline"])
+def test_server_message_refuses_a_session_id_that_is_not_exactly_a_uuid(session_id: str) -> None:
+    # The envelope is written as text: an id that is not a UUID (one from the upgrade's header,
+    # named in a reply before any open) must never reach it, even if it has a UUID's length.
+    with pytest.raises(ValueError, match="not a server message"):
+        server_message("pong", session_id=session_id, seq=1, clientseq=1)
