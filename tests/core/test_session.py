@@ -24,11 +24,13 @@ from audiohook.session import (
     Refused,
     Session,
     State,
+    accept_audio,
     disconnect,
     finish,
     receive_audio,
     receive_text,
     send_event,
+    streaming_sample_bytes,
 )
 from conftest import FIXTURES
 
@@ -549,6 +551,53 @@ def test_position_advances_by_samples_per_channel(preference: str, offers: list[
         2 * samples, 2, 2 * frame_bytes
     )
     assert genesys.types == ["opened"]
+
+
+@pytest.mark.parametrize(("preference", "offers", "sample_bytes"), [
+    ("PCMU/stereo", [STEREO_PCMU], 2),
+    ("PCMU/mono", [EXTERNAL_PCMU], 1),
+    ("L16/stereo", [STEREO_L16], 4),
+    ("L16/mono", [EXTERNAL_L16], 2),
+], ids=["pcmu-stereo", "pcmu-mono", "l16-stereo", "l16-mono"])
+def test_frames_stream_unchecked_only_while_active_with_media(preference: str, offers: list[dict[str, Any]],
+                                                              sample_bytes: int) -> None:
+    genesys = Genesys(policy=Policy(media_preference=parse_preference(preference)))
+    seen = [streaming_sample_bytes(genesys.session)]
+    genesys.open(media=offers)
+    seen.append(streaming_sample_bytes(genesys.session))
+    genesys.send("paused")
+    seen.append(streaming_sample_bytes(genesys.session))
+    genesys.send("resumed", {"start": "PT0S", "discarded": "PT0S"})
+    seen.append(streaming_sample_bytes(genesys.session))
+    disconnect(genesys.session, "completed")
+    seen.append(streaming_sample_bytes(genesys.session))
+    genesys.send("close", {"reason": "disconnect"})
+    seen.append(streaming_sample_bytes(genesys.session))
+    assert seen == [0, sample_bytes, 0, sample_bytes, 0, 0]
+
+
+def test_no_frame_streams_unchecked_when_opened_selected_no_media_or_after_an_error() -> None:
+    genesys = Genesys()
+    genesys.open(media=[{"type": "audio", "format": "OPUS", "channels": ["external"], "rate": 48000}])
+    assert (genesys.session.state, streaming_sample_bytes(genesys.session)) == (State.ACTIVE, 0)
+    genesys = Genesys()
+    genesys.open()
+    genesys.audio(3)
+    assert (genesys.session.state, streaming_sample_bytes(genesys.session)) == (State.ERROR, 0)
+
+
+@pytest.mark.parametrize("sizes", [[3200], [3200, 3200, 3200], [2, 3200, 64 * 1024, 6]], ids=["one", "three", "mixed"])
+def test_frames_accepted_together_count_exactly_as_one_by_one(sizes: list[int]) -> None:
+    one_by_one, together = Genesys(), Genesys()
+    for genesys in (one_by_one, together):
+        genesys.open()
+        genesys.send("discarded", {"start": "PT0S", "discarded": "PT0.5S"})
+    for size in sizes:
+        assert one_by_one.audio(size) is None
+    accept_audio(together.session, sum(sizes), len(sizes))
+    assert together.session.to_dict() == one_by_one.session.to_dict()
+    assert (together.session.position, together.session.frames, together.session.audio_bytes) == (
+        4000 + sum(sizes) // 2, len(sizes), sum(sizes))
 
 
 # --- bad input: one disconnect(error), then only close is answered (section 6) -----------
