@@ -242,6 +242,52 @@ def test_a_frame_as_big_as_a_message_may_be_arrives_whole_at_its_position(aws: A
     assert (metrics["frames"], metrics["gaps"], metrics["errors"]) == (3, 0, 0)
 
 
+def test_a_fragmented_frame_between_pending_frames_keeps_its_place(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> None:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0), frame(1)])
+        await ws.send([frame(2)[:1000], frame(2)[1000:2999], frame(2)[2999:]])  # one message in three frames
+        await hold(relay, ws, [frame(3)])
+        await send(ws, message(s, "close", 2, 1, {"reason": "end"}))
+        assert (await receive(ws))["type"] == "closed"
+        await ws.close()
+
+    run(_with_relay(aws, scenario))
+
+    assert timeline(session_records(aws, s)) == [
+        ("opened", 0), ("audio", 0, frames(0, 1, 2, 3)), ("closed", 4 * SAMPLES), ("disconnected", 4 * SAMPLES)]
+
+
+def test_frames_stream_on_the_per_frame_path_again_after_an_open_that_continued_a_session(aws: Aws) -> None:
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> int:
+        ws_old = await opened(relay, old)
+        ws = await open_socket(relay, new)
+        continued = {"continuedSessions": [{"id": old, "serverseq": 1, "clientseq": 1}]}
+        await send(ws, message(new, "open", 1, 0, open_parameters(*CALL_IDS) | continued))
+        await ws.send(frame(0))  # while the lookup runs: these wait behind the open
+        await ws.send(frame(1))
+        assert (await receive(ws))["type"] == "opened"
+        await ws.send(frame(2))
+        await ws.send(frame(3))
+        await eventually(lambda: relay.metrics()["frames"] + pending_frames(relay) == 4)
+        held = pending_frames(relay)
+        await send(ws, message(new, "close", 2, 1, {"reason": "end"}))
+        assert (await receive(ws))["type"] == "closed"
+        await ws.close()
+        await ws_old.close()
+        return held
+
+    held = run(_with_relay(aws, scenario))
+
+    assert held >= 2  # at least the frames after the opened were held on the per-frame path
+    assert timeline(session_records(aws, new)) == [
+        ("opened", 0), ("audio", 0, frames(0, 1, 2, 3)), ("closed", 4 * SAMPLES), ("disconnected", 4 * SAMPLES)]
+
+
 def test_a_link_hands_its_frames_over_once_it_holds_the_pending_limit(aws: Aws) -> None:
     s = str(uuid.uuid4())
 
