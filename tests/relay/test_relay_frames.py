@@ -9,6 +9,7 @@ follows them arrives; ``hold`` waits until the relay holds them, so the premise 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -382,6 +383,33 @@ def test_a_ping_that_breaks_the_protocol_after_pending_frames_records_the_error_
     assert (final["frames"], final["audioBytes"], final["error"]) == (3, 3 * FRAME, info)
 
 
+def test_text_that_is_not_json_after_pending_frames_records_the_error_after_their_audio(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+    info = "message is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+
+    async def scenario(relay: Relay) -> list[dict[str, Any]]:
+        ws = await opened(relay, s)
+        await hold(relay, ws, [frame(0), frame(1)])
+        await ws.send("{not json")
+        replies = [await receive(ws)]
+        await send(ws, message(s, "close", 3, 2, {"reason": "error"}))
+        replies.append(await receive(ws))
+        await ws.close()
+        return replies
+
+    replies = run(_with_relay(aws, scenario))
+
+    assert replies == [
+        {"version": "2", "type": "disconnect", "seq": 2, "clientseq": 1, "id": s,
+         "parameters": {"reason": "error", "info": info}},
+        {"version": "2", "type": "closed", "seq": 3, "clientseq": 3, "id": s, "parameters": {}},
+    ]
+    records = session_records(aws, s)
+    assert timeline(records) == [
+        ("opened", 0), ("audio", 0, frames(0, 1)), ("error", 2 * SAMPLES), ("closed", 2 * SAMPLES),
+        ("disconnected", 2 * SAMPLES)]
+
+
 # --- server actions and the end of the connection ---------------------------------------------
 
 
@@ -453,6 +481,33 @@ def test_a_socket_dropped_with_frames_pending_delivers_them_then_disconnected_la
     final = event(records, "disconnected").data
     assert {k: final[k] for k in ("outcome", "statusCode", "frames", "audioBytes", "position")} == {
         "outcome": "abandoned", "statusCode": 1006, "frames": 5, "audioBytes": 5 * FRAME, "position": 5 * SAMPLES}
+
+
+def test_the_drains_reconnect_comes_after_the_frames_pending_when_it_is_sent(aws: Aws) -> None:
+    s = str(uuid.uuid4())
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with quick_relay(relay_service(aws), flush_ms=NO_FLUSH_MS, drain_s=5) as relay:
+            ws = await opened(relay, s)
+            await hold(relay, ws, [frame(0), frame(1)])
+            drain = asyncio.create_task(relay.drain())
+            replies = [await receive(ws)]
+            await send(ws, message(s, "close", 2, 2, {"reason": "reconnect"}))
+            replies.append(await receive(ws))
+            await ws.close()
+            await drain
+            return replies
+
+    replies = run(scenario())
+
+    assert replies == [
+        {"version": "2", "type": "reconnect", "seq": 2, "clientseq": 1, "id": s,
+         "parameters": {"info": "server task stopping: continue on a new connection"}},
+        {"version": "2", "type": "closed", "seq": 3, "clientseq": 2, "id": s, "parameters": {}},
+    ]
+    assert timeline(session_records(aws, s)) == [
+        ("opened", 0), ("audio", 0, frames(0, 1)), ("reconnecting", 2 * SAMPLES), ("closed", 2 * SAMPLES),
+        ("disconnected", 2 * SAMPLES)]
 
 
 def test_the_shutdown_disconnect_comes_after_the_frames_pending_when_it_is_sent(aws: Aws) -> None:
