@@ -17,9 +17,16 @@ Cython WebSocket library, on uvloop in production) and runs one task per connect
   at once, in ``seq`` order. A single TCP stream cannot duplicate or reorder, so there is no
   sequencing between invocations here: a repeated or skipped ``seq`` is a protocol error
   like any other (the core's exact ``disconnect`` info).
-- **binary frame** (the hot path): ``session.receive_audio`` then the frame joins the
-  connection's queue (:mod:`audiohook.relay.buffer`). No event, no pydantic, no JSON, no
-  base64, no thread hop and no AWS call per frame.
+- **binary frame** (the hot path): while the session streams (``session.streaming_sample_bytes``
+  not 0: ACTIVE, with media), a frame of a whole number of samples (up to
+  ``MAX_PENDING_FRAME_BYTES``) waits in ``_Link.pending``, unaccounted; the frames are handed
+  to the core (``session.accept_audio``, one step for all) and to the connection's queue
+  (:mod:`audiohook.relay.buffer`) at the next flush, before any other input of the connection
+  (a text message, a frame off this path, a control action, the end of the socket, the
+  shutdown's ``disconnect``) and once ``MAX_PENDING_FRAMES`` wait. A ping answered with a
+  pong lets them wait; one that breaks the protocol takes them before its error is applied.
+  Any other frame goes through ``session.receive_audio`` on its own. No event, no pydantic,
+  no JSON, no base64, no thread hop and no AWS call per frame.
 - **socket closed**: ``session.finish``; its final state is written to DynamoDB, then the
   ``disconnected`` record joins the queue, last: nothing of the session follows it.
 
