@@ -14,11 +14,14 @@ import json
 import uuid
 from typing import Any
 
+import boto3
 import pytest
+from botocore.config import Config
 from test_relay import (
     CALL_IDS,
     FRAME,
     SAMPLES,
+    THROUGHPUT,
     eventually,
     frame,
     lifecycle_of,
@@ -35,7 +38,8 @@ from websockets.asyncio.client import ClientConnection
 from audiohook.records import AudioRecord, LifecycleRecord
 from audiohook.relay.server import MAX_MESSAGE_BYTES, MAX_PENDING_FRAME_BYTES, MAX_PENDING_FRAMES, Relay
 from audiohook.session import Pause, Resume, SendEvent
-from conftest import Aws, open_parameters
+from conftest import REGION, Aws, open_parameters
+from faults import Faults
 
 NO_FLUSH_MS = 60_000  # no flush tick during a test: only other input (or the end) takes pending frames
 BAD_FRAME_INFO = "audio frame of 3201 bytes is not a whole number of samples: stereo PCMU needs a multiple of 2 bytes"
@@ -527,6 +531,33 @@ def test_the_shutdown_disconnect_comes_after_the_frames_pending_when_it_is_sent(
     records = session_records(aws, s)
     assert timeline(records) == [
         ("opened", 0), ("audio", 0, frames(0, 1)), ("disconnecting", 2 * SAMPLES), ("disconnected", 2 * SAMPLES)]
+
+
+def test_records_kinesis_refuses_for_a_while_keep_their_order_and_positions(aws: Aws) -> None:
+    kinesis = boto3.client("kinesis", region_name=REGION, config=Config(retries={"total_max_attempts": 1}))
+    faults = Faults(call_error=lambda call: (THROUGHPUT, 400) if call <= 3 else None)
+    faults.install(kinesis)
+    s = str(uuid.uuid4())
+
+    async def scenario() -> dict[str, Any]:
+        async with quick_relay(relay_service(aws, kinesis), flush_ms=NO_FLUSH_MS) as relay:
+            ws = await opened(relay, s)
+            await hold(relay, ws, [frame(0), frame(1)])
+            await send(ws, message(s, "paused", 2, 1))
+            await send(ws, message(s, "resumed", 3, 1, {"start": "PT0.4S", "discarded": "PT0S"}))
+            await hold(relay, ws, [frame(2)])
+            await send(ws, message(s, "close", 4, 1, {"reason": "end"}))
+            assert (await receive(ws))["type"] == "closed"
+            await ws.close()
+        return relay.metrics()
+
+    metrics = run(scenario())
+
+    assert timeline(session_records(aws, s)) == [
+        ("opened", 0), ("audio", 0, frames(0, 1)), ("paused", 2 * SAMPLES), ("resumed", 2 * SAMPLES),
+        ("audio", 2 * SAMPLES, frames(2)), ("closed", 3 * SAMPLES), ("disconnected", 3 * SAMPLES)]
+    assert metrics["records_requeued"] > 0 and (metrics["gaps"], metrics["dropped"]) == (0, 0)
+    assert faults.calls > 3
 
 
 # --- the memory bound -------------------------------------------------------------------------
