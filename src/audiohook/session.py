@@ -414,7 +414,9 @@ def streaming_sample_bytes(session: Session) -> int:
 
     A front that reads a stream in order may hold such frames and account them later, in
     arrival order, with :func:`accept_audio`, as long as it does so before applying anything
-    else to the session (the relay's per-frame path, ``docs/architecture.md``)."""
+    else to the session, or before acting on the outcome of a ``ping`` (nothing a ping does
+    depends on the position, but one that breaks the protocol ends the session with a record
+    that must follow the frames); the relay's per-frame path (``audiohook.relay.server``)."""
     media = session.media
     if session.state is State.ACTIVE and media is not None:
         return BYTES_PER_SAMPLE[media["format"]] * len(media["channels"])
