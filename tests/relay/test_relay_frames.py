@@ -36,6 +36,7 @@ from test_relay import (
 from websockets.asyncio.client import ClientConnection
 
 from audiohook.records import AudioRecord, LifecycleRecord
+from audiohook.relay import server as relay_server
 from audiohook.relay.server import MAX_MESSAGE_BYTES, MAX_PENDING_FRAME_BYTES, MAX_PENDING_FRAMES, Relay
 from audiohook.session import Pause, Resume, SendEvent
 from conftest import REGION, Aws, open_parameters
@@ -316,6 +317,37 @@ def test_a_link_hands_its_frames_over_once_it_holds_the_pending_limit(aws: Aws) 
     assert timeline(session_records(aws, s)) == [
         ("opened", 0), ("audio", 0, frames(*range(MAX_PENDING_FRAMES + 1))),
         ("disconnected", (MAX_PENDING_FRAMES + 1) * SAMPLES)]
+
+
+def test_sessions_whose_frames_a_flush_takes_a_slice_at_a_time_keep_every_position(
+        aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One link per slice: the loop answers between links, while the others stream and talk.
+    monkeypatch.setattr(relay_server, "TAKE_SLICE", 1)
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+
+    async def one(relay: Relay, s: str, n: int) -> None:
+        ws = await opened(relay, s)
+        for k in range(12):
+            await ws.send(frame(n * 16 + k))
+            if k % 4 == 3:
+                await send(ws, message(s, "ping", 2 + k // 4, 1))
+                await asyncio.sleep(0.02)
+        for _ in range(3):
+            assert (await receive(ws))["type"] == "pong"
+        await send(ws, message(s, "paused", 5, 1))
+        await send(ws, message(s, "close", 6, 1, {"reason": "end"}))
+        assert (await receive(ws))["type"] == "closed"
+        await ws.close()
+
+    async def scenario(relay: Relay) -> None:
+        await asyncio.gather(*(one(relay, s, n) for n, s in enumerate(ids)))
+
+    run(_with_relay(aws, scenario, flush_ms=10))
+
+    for n, s in enumerate(ids):
+        assert timeline(session_records(aws, s)) == [
+            ("opened", 0), ("audio", 0, frames(*range(n * 16, n * 16 + 12))), ("paused", 12 * SAMPLES),
+            ("closed", 12 * SAMPLES), ("disconnected", 12 * SAMPLES)]
 
 
 # --- pings ------------------------------------------------------------------------------------
