@@ -32,12 +32,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import http_sf
 from http_sf.types import ParamsType
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 SIGNATURE_ALGORITHM = "hmac-sha256"
 AUDIOHOOK_COVERED_COMPONENTS = (
@@ -281,6 +284,9 @@ def verify_upgrade(
     def reject(reason: str) -> AuthResult:
         return AuthResult(ok=False, reason=reason, organization_id=organization_id, session_id=session_id)
 
+    if session_id is not None and _UUID.fullmatch(session_id) is None:
+        # Every reply names the session by this id, so it must be what open.id may be.
+        return reject(f"Audiohook-Session-Id header {session_id[:64]!r} is not a UUID")
     api_key = _trimmed(fields.get("x-api-key"))
     if not api_key:
         return reject("missing X-API-KEY header")

@@ -373,6 +373,15 @@ def test_missing_api_key_is_rejected() -> None:
     assert result.reason == "missing X-API-KEY header"
 
 
+@pytest.mark.parametrize("session_id", ["", '"' + "a" * 35, "30b0e395-84d3-4570-ac13-9a62d8f514c", "not a session"])
+def test_a_session_id_header_that_is_not_a_uuid_is_refused_whatever_the_key(session_id: str) -> None:
+    for headers in (signed(), {**UNSIGNED_HEADERS, "x-api-key": UNSIGNED_API_KEY}):
+        result = verify({**headers, "audiohook-session-id": session_id})
+
+        assert not result.ok
+        assert result.reason == f"Audiohook-Session-Id header {session_id!r} is not a UUID"
+
+
 def test_unsigned_request_is_accepted_for_a_key_with_empty_secret() -> None:
     result = verify({**UNSIGNED_HEADERS, "x-api-key": UNSIGNED_API_KEY})
 
