@@ -19,7 +19,8 @@ of ``--seconds`` is measured. Servers:
 
 Figures: server CPU from ``/proc/<pid>/stat`` over the steady window divided by the frames sent
 in it (µs per frame); ratios against the floor and the reference's recording endpoint; sessions
-per core at 80 % CPU (derived from µs/frame); open->opened and ping->pong p50/p99 under the load;
+per core at 80 % CPU (derived from µs/frame); open->opened and ping->pong p50/p99 under the load
+(pongs over the whole run, ramp included, and "steady pong": pings sent in the steady window);
 the client's send lag (how late frames left against real time: the load must keep pace); and
 for the relay: frame->Kinesis acknowledgement p50/p99 over the whole run, ramp included (relay's
 /metrics), zero loss once its queue is empty (every frame in the stub, no gap, nothing dropped,
@@ -308,6 +309,7 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float,
     frame = bytes(range(256)) * (FRAME_BYTES // 256) + bytes(FRAME_BYTES % 256)
     opens: list[float] = []
     rtts: list[float] = []
+    steady_rtts: list[float] = []  # pings sent inside the steady window
     lags: list[float] = []
     failures: list[str] = []
 
@@ -327,7 +329,10 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float,
             if message["type"] == "pong":
                 sent = self.pings.pop(message["clientseq"], None)
                 if sent is not None:
-                    rtts.append(time.monotonic() - sent)
+                    sent_at, in_window = sent
+                    rtts.append(time.monotonic() - sent_at)
+                    if in_window:
+                        steady_rtts.append(rtts[-1])
             elif self.waiting is not None and not self.waiting.done():
                 self.waiting.set_result(message)
 
@@ -401,7 +406,7 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float,
                 ping_at = next_ping.setdefault(index, due + PING_S * (hash(session_id) % 1000) / 1000)
                 if due >= ping_at:
                     listener.seq += 1
-                    listener.pings[listener.seq] = time.monotonic()
+                    listener.pings[listener.seq] = (time.monotonic(), window[0] <= now <= window[1])
                     transport.send(WSMsgType.TEXT, text(session_id, "ping", listener.seq, listener.serverseq, {}))
                     next_ping[index] = ping_at + PING_S
             await asyncio.sleep(0.005)
@@ -422,7 +427,8 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float,
     closes = await asyncio.gather(*(close(t, li, s) for _, t, li, s in streaming), return_exceptions=True)
     failures += [repr(o) for o in closes if isinstance(o, BaseException)]
     return {"opened": len(streaming), "sent_in_window": sent_in_window, "failures": failures[:3],
-            "failed": len(failures), "opens": opens, "rtts": rtts, "lags": lags}
+            "failed": len(failures), "opens": opens, "rtts": rtts,
+            "steady_rtts": steady_rtts, "lags": lags}
 
 
 # --------------------------------------------------------------------------- servers
@@ -517,6 +523,7 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
     frames = sum(load["sent_in_window"] for load in loads)
     opens = [x for load in loads for x in load["opens"]]
     rtts = [x for load in loads for x in load["rtts"]]
+    steady_rtts = [x for load in loads for x in load["steady_rtts"]]
     lags = [x for load in loads for x in load["lags"]]
     window_s = seconds
     result = {
@@ -526,6 +533,8 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
         "cpu_busy": cpu_used / window_s, "us_per_frame": cpu_used / frames * 1e6 if frames else float("nan"),
         "open_p50_ms": percentile(opens, 50) * 1000, "open_p99_ms": percentile(opens, 99) * 1000,
         "pong_p50_ms": percentile(rtts, 50) * 1000, "pong_p99_ms": percentile(rtts, 99) * 1000,
+        "steady_pong_p50_ms": percentile(steady_rtts, 50) * 1000,
+        "steady_pong_p99_ms": percentile(steady_rtts, 99) * 1000,
         "lag_p99_ms": percentile(lags, 99) * 1000, "lag_max_ms": max(lags, default=0.0) * 1000,
         "rss_per_session_kib": (rss - idle_rss) / sessions / 1024,
     }
@@ -580,13 +589,14 @@ def main() -> None:
 def report(sessions: int, rows: dict[str, dict[str, Any]]) -> None:
     print(f"\nN = {sessions} sessions")
     header = (f"{'server':14} {'CPU':>5} {'µs/frame':>9} {'sess/core@80%':>13} {'open p50/p99 ms':>16} "
-              f"{'pong p50/p99 ms':>16} {'lag p99 ms':>10} {'KiB/sess':>8} {'failed':>6}")
+              f"{'pong p50/p99 ms':>16} {'steady pong':>13} {'lag p99 ms':>10} {'KiB/sess':>8} {'failed':>6}")
     print(header)
     print("-" * len(header))
     for kind, row in rows.items():
         per_core = int(BUSY_CPU * 1e6 / (row["us_per_frame"] / FRAME_S)) if row["us_per_frame"] == row["us_per_frame"] else 0
         print(f"{kind:14} {row['cpu_busy']:>5.0%} {row['us_per_frame']:>9.1f} {per_core:>13,} "
               f"{row['open_p50_ms']:>7.0f}/{row['open_p99_ms']:<8.0f} {row['pong_p50_ms']:>7.1f}/{row['pong_p99_ms']:<8.1f}"
+              f" {row['steady_pong_p50_ms']:>5.1f}/{row['steady_pong_p99_ms']:<7.1f}"
               f" {row['lag_p99_ms']:>10.1f} {row['rss_per_session_kib']:>8.1f} {row['failed']:>6}")
         if row["failures"]:
             print(f"    failures: {row['failures']}")

@@ -1122,19 +1122,21 @@ class Relay:
                 pass
             self._wake.clear()
             await self._take_all_pending()
-            self._dispatch()
+            await self._dispatch()
             if self._stopping and buffer.idle:
                 return
 
-    def _dispatch(self) -> None:
+    async def _dispatch(self) -> None:
         """Send what is queued, ``max_inflight`` calls at most; what does not fit goes as soon
-        as a call returns (``_backlog``), not at the next tick."""
+        as a call returns (``_backlog``), not at the next tick. The loop runs between two
+        batches (each encodes up to 500 records)."""
         while self.buffer.inflight_batches < self._max_inflight:
             batch = self.buffer.take_batch()
             if batch is None:
                 self._backlog = False
                 return
             self._spawn(self._put(batch))
+            await asyncio.sleep(0)
         self._backlog = bool(self.buffer.ready)
 
     async def _put(self, batch: Batch) -> None:
