@@ -129,6 +129,7 @@ RECONNECT_INFO = "server task stopping: continue on a new connection"
 # real-time frames are 3.2 s of audio; 2,000 bursting connections hold 1 GiB at most.
 MAX_PENDING_FRAMES = 16
 MAX_PENDING_FRAME_BYTES = 32 * 1024
+GC_THRESHOLDS = (20_000, 10, 10)  # gc.set_threshold for the relay process (see serve_relay)
 TAKE_SLICE = 200  # links whose pending frames a flush takes before letting the loop run
 MAX_CONTROL_REQUEST_BYTES = 256 * 1024  # an event is at most 64 KiB; its JSON request a little more
 CONTROL_APPLY_TIMEOUT_S = 5.0
@@ -1278,8 +1279,12 @@ async def serve_relay(settings: Settings | None = None, *, service: AudioHookSer
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     async with relay:
         # What exists now (modules, botocore's models, the clients) lives as long as the
-        # process: the collector need not walk it again on every full collection.
+        # process: the collector need not walk it again on every full collection. Young
+        # collections are rarer too: nearly everything the relay allocates dies by reference
+        # count (frames, records, replies); measured at 2,000 sessions, CPython's default
+        # (700) cost ~15% more CPU and tripled the steady ping->pong p99.
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         for signum in signals:
             loop.add_signal_handler(signum, relay.request_drain)
         try:
