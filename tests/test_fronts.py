@@ -33,7 +33,7 @@ import pytest
 import websockets
 
 from audiohook.aws.stream import read_stream
-from audiohook.config import Settings
+from audiohook.local.embedded_aws import LOCAL_QUEUEING_ALLOWANCE
 from audiohook.local.gateway import LocalStack
 from audiohook.records import AudioRecord, LifecycleRecord, decode_record
 from audiohook.tools.client import duration, upgrade_headers
@@ -131,10 +131,11 @@ class Genesys:
 
     async def gap(self, seq: int) -> None:
         """A message ahead of its predecessor. The relay answers at once; the Lambda path keeps it
-        until the next input arriving PREDECESSOR_WAIT_MS (3 s) later (docs/sequencing.md)."""
+        until the next input arriving PREDECESSOR_WAIT_MS later (docs/sequencing.md; the local
+        stack's own allowance for its one-request-at-a-time moto server)."""
         await self.send("ping", seq=seq)
         self.seq = seq
-        await asyncio.sleep(Settings().predecessor_wait_ms / 1000 + 0.1)
+        await asyncio.sleep(int(LOCAL_QUEUEING_ALLOWANCE["PREDECESSOR_WAIT_MS"]) / 1000 + 0.1)
         await self.send("ping")
 
     async def raw(self, data: str | bytes) -> None:

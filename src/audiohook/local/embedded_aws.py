@@ -42,6 +42,8 @@ REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"  # moto's default account
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 DEFAULT_STACK_NAME = "audiohook-local"
+# What the local stack's one-request-at-a-time moto server adds to the settings (see env()).
+LOCAL_QUEUEING_ALLOWANCE = {"AWS_CALL_TIMEOUT_S": "10", "PREDECESSOR_WAIT_MS": "10000"}
 
 # Fixed, documented demo credentials for the local stack only (never deployed): the CLI's
 # `call`/`probe` use them by default, so a local run needs no setup.
@@ -340,8 +342,10 @@ class EmbeddedAws:
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
             # Local only: this moto server serves one request at a time (DynamoDB's atomicity),
-            # so under a flood of invocations a call may queue there for seconds; in AWS it does not.
-            **({} if self._in_process else {"AWS_CALL_TIMEOUT_S": "10"}),
+            # so under a flood of invocations a call may queue there for seconds; in AWS it does
+            # not. Each call may take that long, and a message may reach the mailbox that much
+            # after its successor before it counts as missing.
+            **({} if self._in_process else LOCAL_QUEUEING_ALLOWANCE),
         }
 
     # ------------------------------------------------------------------ resources
