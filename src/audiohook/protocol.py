@@ -370,7 +370,7 @@ class ServerMessage:
     clientseq: int
     id: str
     parameters: ServerParameters
-    version: Literal["2"] = PROTOCOL_VERSION
+    version: str = PROTOCOL_VERSION
 
     def to_json(self) -> str:
         """The exact text frame to send: compact JSON, no envelope, no extra fields."""
