@@ -148,12 +148,11 @@ class SessionAudio:
     """One connection's queue. ``key`` is the partition key (the session id, as the service
     uses it); two connections claiming one session id still get a queue each."""
 
-    __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "probe", "sample_bytes", "tail")
+    __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "probe", "tail")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.encoder: AudioRecordEncoder | None = None
-        self.sample_bytes = 0  # bytes per sample frame (all channels) of the session's audio
         self.probe = False
         self.items: deque[Item] = deque()
         self.tail: AudioRun | None = None  # the run new frames extend
@@ -164,7 +163,6 @@ class SessionAudio:
     def bind(self, media: Mapping[str, Any], probe: bool) -> None:
         """Set the audio layout (from the session's selected media) before the first frame."""
         self.encoder = AudioRecordEncoder(self.key, media["format"], media["rate"], media["channels"])
-        self.sample_bytes = self.encoder.sample_bytes
         self.probe = probe
 
 
@@ -221,7 +219,7 @@ class AudioBuffer:
         if self.buffered + nbytes > self.max_bytes:
             if count > 1:  # as many as fit are kept
                 return self._append_one_by_one(audio, start, frames, first, taken)
-            self._drop(audio, start, end - start, nbytes, 1)
+            self._drop(audio, start, end - start, nbytes)
             return False
         if audio.gap is not None:
             self._close_gap(audio)
@@ -250,7 +248,8 @@ class AudioBuffer:
         counts as a frame of its record)."""
         kept = True
         position = start
-        sample_bytes = audio.sample_bytes
+        assert audio.encoder is not None
+        sample_bytes = audio.encoder.sample_bytes
         piece_bytes = self._max_run_bytes - self._max_run_bytes % sample_bytes
         for frame in frames:
             for offset in range(0, len(frame), piece_bytes):
@@ -285,20 +284,21 @@ class AudioBuffer:
             self.ready[audio] = None
 
     # ------------------------------------------------------------------ gaps
-    def _drop(self, audio: SessionAudio, start: int, samples: int, size: int, frames: int) -> None:
+    def _drop(self, audio: SessionAudio, start: int, samples: int, size: int) -> None:
+        """One frame that does not fit: counted, and part of the session's current gap."""
         counters = self.counters
-        counters.frames_dropped += frames
+        counters.frames_dropped += 1
         counters.bytes_dropped += size
         counters.samples_dropped += samples
         gap = audio.gap
         if gap is not None and gap.end == start:
             gap.samples += samples
-            gap.frames += frames
+            gap.frames += 1
             gap.nbytes += size
             return
         if gap is not None:
             self._close_gap(audio)
-        audio.gap = Gap(start, samples, frames, size, DROPPED_REASON)
+        audio.gap = Gap(start, samples, 1, size, DROPPED_REASON)
         audio.tail = None
         if not audio.inflight:
             self.ready[audio] = None  # so the gap record goes out even if no frame follows

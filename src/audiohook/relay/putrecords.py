@@ -41,7 +41,7 @@ class PutRecordsClient:
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self.meta = client.meta
+        self._meta = client.meta
         self._events = client.meta.events
         self._model = client.meta.service_model.operation_model(OPERATION)
         self._url = client.meta.endpoint_url.rstrip("/") + "/"
@@ -52,13 +52,9 @@ class PutRecordsClient:
         self._http = client._endpoint.http_session
         self._error_parser = create_parser(client.meta.service_model.protocol)
 
-    @property
-    def exceptions(self) -> Any:
-        return self._client.exceptions
-
     def put_records(self, *, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
         params = {"StreamName": StreamName, "Records": Records}
-        context: dict[str, Any] = {"client_region": self.meta.region_name, "client_config": self.meta.config}
+        context: dict[str, Any] = {"client_region": self._meta.region_name, "client_config": self._meta.config}
         self._events.emit(f"before-parameter-build.kinesis.{OPERATION}", params=params, model=self._model,
                           context=context)
         _, answered = self._events.emit_until_response(
