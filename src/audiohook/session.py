@@ -414,13 +414,20 @@ def streaming_sample_bytes(session: Session) -> int:
 
     A front that reads a stream in order may hold such frames and account them later, in
     arrival order, with :func:`accept_audio`, as long as it does so before applying anything
-    else to the session, or before acting on the outcome of a ``ping`` (nothing a ping does
-    depends on the position, but one that breaks the protocol ends the session with a record
-    that must follow the frames); the relay's per-frame path (``audiohook.relay.server``)."""
+    else to the session (but see :func:`pending_audio_may_wait`); the relay's per-frame path
+    (``audiohook.relay.server``)."""
     media = session.media
     if session.state is State.ACTIVE and media is not None:
         return BYTES_PER_SAMPLE[media["format"]] * len(media["channels"])
     return 0
+
+
+def pending_audio_may_wait(message: ClientMessage | Violation) -> bool:
+    """Whether frames held for :func:`accept_audio` may be accounted after this message is
+    received rather than before: a ``ping`` neither reads nor moves the position. If its outcome
+    writes a record (it broke the protocol and ends the session), the frames must be accounted
+    before that outcome is acted on, so the record follows their audio."""
+    return type(message) is Ping
 
 
 def accept_audio(session: Session, size: int, frames: int) -> None:

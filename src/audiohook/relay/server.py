@@ -89,7 +89,7 @@ from audiohook.aws.service import AudioHookService, RecordWriter, RouteResult
 from audiohook.aws.store import SessionStore, StoredSession
 from audiohook.aws.stream import KinesisWriter, PutOutcome
 from audiohook.config import Settings
-from audiohook.protocol import Ping, parse_client_message
+from audiohook.protocol import parse_client_message
 from audiohook.records import encode_lifecycle_record
 from audiohook.relay.buffer import AudioBuffer, Batch, SessionAudio
 from audiohook.relay.metrics import RelayMetrics
@@ -105,6 +105,7 @@ from audiohook.session import (
     continued_session_ids,
     disconnect,
     finish,
+    pending_audio_may_wait,
     receive,
     receive_audio,
     streaming_sample_bytes,
@@ -860,19 +861,15 @@ class Relay:
         self.counters.messages += 1
         try:
             message = parse_client_message(data)
-            if type(message) is not Ping:
-                # Pending frames go first; a ping answered with a pong neither changes the
-                # session's state nor writes a record (it notes the client's position), so they
-                # can wait across it.
+            waits = pending_audio_may_wait(message)
+            if not waits:
                 self._take_pending(link)
             continued = continued_session_ids(message)
             if continued:
                 self._look_up_continued(link, message, continued)
                 return
             outcome = receive(link.session, message, self._policy, self._clock())
-            if outcome.lifecycle:
-                # A ping that broke the protocol: its error record (and the session's end)
-                # comes after the frames received before it, at their position.
+            if waits and outcome.lifecycle:
                 self._take_pending(link)
         except Exception:
             logger.exception("message failed", extra=link.log())
