@@ -1278,8 +1278,8 @@ async def serve_relay(settings: Settings | None = None, *, service: AudioHookSer
         # What exists now (modules, botocore's models, the clients) lives as long as the
         # process: the collector need not walk it again on every full collection. Young
         # collections are rarer too: nearly everything the relay allocates dies by reference
-        # count (frames, records, replies); measured at 2,000 sessions, CPython's default
-        # (700) cost ~15% more CPU and tripled the steady ping->pong p99.
+        # count (frames, records, replies); in back-to-back runs at 2,000 sessions (bench/relay_bench.py), CPython's default
+        # (700) cost 5-15% more CPU and 2-3x the steady ping->pong p99.
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         for signum in signals:
