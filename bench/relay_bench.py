@@ -58,6 +58,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "peers" / "genesys-audiohook-reference" / "run.sh"
+# run.sh writes recordings here. The recording endpoint records (a WAV and a JSON sidecar per session) only when
+# RECORDING_S3_BUCKET is set; it uploads them when the session ends, after the measured window, and keeps them here
+# when the upload fails (S3 is unreachable from this machine), so the bench counts and then removes them.
+REFERENCE_RECORDINGS = Path(os.environ.get("AUDIOHOOK_REFERENCE_BUILD", "/tmp/audiohook-reference-build")) / "recordings"
+RECORDING_BUCKET = "bench-recordings"
 os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -425,7 +430,7 @@ async def _clients(url: str, first: int, count: int, total: int, ramp_s: float,
         transport.disconnect()
 
     closes = await asyncio.gather(*(close(t, li, s) for _, t, li, s in streaming), return_exceptions=True)
-    failures += [repr(o) for o in closes if isinstance(o, BaseException)]
+    failures += [f"at close: {o!r}" for o in closes if isinstance(o, BaseException)]
     return {"opened": len(streaming), "sent_in_window": sent_in_window, "failures": failures[:3],
             "failed": len(failures), "opens": opens, "rtts": rtts,
             "steady_rtts": steady_rtts, "lags": lags}
@@ -452,7 +457,7 @@ def start_server(kind: str, port: int, stub_url: str) -> tuple[subprocess.Popen[
         command = [sys.executable, __file__, "--floor-server", str(port)]
         url, health = f"ws://127.0.0.1:{port}/", f"http://127.0.0.1:{port}/health"
     else:
-        env = dict(os.environ)
+        env = dict(os.environ) | ({"RECORDING_S3_BUCKET": RECORDING_BUCKET} if kind == "ref-recording" else {})
         command = ["bash", str(REFERENCE), str(port), API_KEY, CLIENT_SECRET]
         path = "/api/v1/loadtest/ws" if kind == "ref-loadtest" else "/api/v1/audiohook/ws"
         url, health = f"ws://127.0.0.1:{port}{path}", f"http://127.0.0.1:{port}/health/check"
@@ -462,9 +467,20 @@ def start_server(kind: str, port: int, stub_url: str) -> tuple[subprocess.Popen[
     return process, url, health
 
 
+def clear_recordings() -> dict[str, int]:
+    """Remove the reference's recordings, saying how many WAV files and bytes it had written."""
+    wavs = list(REFERENCE_RECORDINGS.glob("*.wav"))
+    recorded = {"recorded_wavs": len(wavs), "recorded_bytes": sum(path.stat().st_size for path in wavs)}
+    for path in REFERENCE_RECORDINGS.glob("*"):
+        path.unlink()
+    return recorded
+
+
 def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str, Any]:
     port = free_port()
     http_json(stub_url + "/reset")
+    if kind == "ref-recording":
+        clear_recordings()
     process, url, _ = start_server(kind, port, stub_url)
     try:
         time.sleep(0.5)
@@ -518,6 +534,7 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
             process.wait(30)
         except subprocess.TimeoutExpired:
             process.kill()
+    recorded = clear_recordings() if kind == "ref-recording" else {}
     errors = [load["error"] for load in loads if "error" in load]
     loads = [load for load in loads if "error" not in load]
     frames = sum(load["sent_in_window"] for load in loads)
@@ -537,7 +554,7 @@ def run_one(kind: str, sessions: int, seconds: float, stub_url: str) -> dict[str
         "steady_pong_p99_ms": percentile(steady_rtts, 99) * 1000,
         "lag_p99_ms": percentile(lags, 99) * 1000, "lag_max_ms": max(lags, default=0.0) * 1000,
         "rss_per_session_kib": (rss - idle_rss) / sessions / 1024,
-    }
+    } | recorded
     if kind == "relay":
         stub = http_json(stub_url + "/stats")
         result |= {
@@ -600,6 +617,10 @@ def report(sessions: int, rows: dict[str, dict[str, Any]]) -> None:
               f" {row['lag_p99_ms']:>10.1f} {row['rss_per_session_kib']:>8.1f} {row['failed']:>6}")
         if row["failures"]:
             print(f"    failures: {row['failures']}")
+    if "recorded_wavs" in rows.get("ref-recording", {}):
+        recording = rows["ref-recording"]
+        print(f"ref-recording: wrote {recording['recorded_wavs']} WAV files, "
+              f"{recording['recorded_bytes'] / 1e6:.1f} MB (RECORDING_S3_BUCKET set; upload to S3 fails here)")
     relay = rows.get("relay")
     if relay is None:
         return
