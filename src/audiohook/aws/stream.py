@@ -123,7 +123,7 @@ class _Tally:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays a setattr call per field, per record
 class _Entry:
     index: int
     partition_key: str

@@ -148,10 +148,11 @@ class SessionAudio:
     """One connection's queue. ``key`` is the partition key (the session id, as the service
     uses it); two connections claiming one session id still get a queue each."""
 
-    __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "probe", "tail")
+    __slots__ = ("encoder", "finished", "gap", "inflight", "items", "key", "key_bytes", "probe", "tail")
 
     def __init__(self, key: str) -> None:
         self.key = key
+        self.key_bytes = len(key.encode())
         self.encoder: AudioRecordEncoder | None = None
         self.probe = False
         self.items: deque[Item] = deque()
@@ -345,29 +346,32 @@ class AudioBuffer:
         if audio.gap is not None:
             self._close_gap(audio)
         key = audio.key
-        key_bytes = len(key.encode())
-        taken = 0
+        key_bytes = audio.key_bytes
+        entries, parts = batch.entries, batch.parts
+        room = self._max_records - len(entries)
+        taken = taken_bytes = 0
         items = audio.items
         while items:
             item = items[0]
             data = item.data
             if data is None:
-                assert isinstance(item, AudioRun) and audio.encoder is not None
+                assert type(item) is AudioRun and audio.encoder is not None
                 data = item.data = audio.encoder.encode(item.start, item.frames, item.frame_count, item.nbytes)
                 item.frames = []  # the record holds the bytes now
                 if item is audio.tail:
                     audio.tail = None  # sealed: later frames start a new run, even if this one waits
             size = len(data) + key_bytes
-            if len(batch.entries) >= self._max_records or batch.nbytes + size > self._max_call_bytes:
+            if taken >= room or batch.nbytes + size > self._max_call_bytes:
                 break
             items.popleft()
-            batch.entries.append((key, data))
-            batch.parts.append((audio, item))
+            entries.append((key, data))
+            parts.append((audio, item))
             batch.nbytes += size
-            self.pending_records -= 1
-            self.pending_bytes -= item.nbytes
+            taken_bytes += item.nbytes
             taken += 1
         if taken:
+            self.pending_records -= taken
+            self.pending_bytes -= taken_bytes
             audio.inflight = True
             batch.sessions.append(audio)
             del self.ready[audio]
@@ -379,17 +383,18 @@ class AudioBuffer:
         """Apply a PutRecords outcome: ``failures`` maps a failed entry's index to its error code."""
         self.inflight_batches -= 1
         counters = self.counters
-        latency = self.latency
+        add_spread = self.latency.add_spread
         again: dict[SessionAudio, list[Item]] = {}
+        delivered_bytes = audio_records = frames_delivered = 0
         for index, (audio, item) in enumerate(batch.parts):
-            code = failures.get(index)
+            code = failures.get(index) if failures else None
             if code is None:
-                self.buffered -= item.nbytes
-                if isinstance(item, AudioRun):
-                    counters.audio_records += 1
-                    counters.frames_delivered += item.frame_count
+                delivered_bytes += item.nbytes
+                if type(item) is AudioRun:
+                    audio_records += 1
+                    frames_delivered += item.frame_count
                     for first, taken, count in item.arrivals:
-                        latency.add_spread(now, first, taken, count)
+                        add_spread(now, first, taken, count)
                 else:
                     counters.lifecycle_records += 1
                 continue
@@ -416,6 +421,9 @@ class AudioBuffer:
                 counters.lifecycle_dropped += 1
                 logger.error("lifecycle record not delivered to Kinesis; dropped",
                              extra={"session_id": audio.key, "error": code, "record": item.data[:300].decode()})
+        self.buffered -= delivered_bytes
+        counters.audio_records += audio_records
+        counters.frames_delivered += frames_delivered
         for audio in batch.sessions:
             audio.inflight = False
             returned = again.get(audio)
