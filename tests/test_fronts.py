@@ -293,10 +293,23 @@ def test_every_server_message_counts_in_seq_and_names_the_last_client_seq(kind):
         ("opened", 1, 1), ("pong", 2, 2), ("updated", 3, 3), ("pong", 4, 6), ("closed", 5, 7)]
 
 
+def raw_update(genesys: Genesys, language_json: str) -> str:
+    """The next ``update`` as text, its language (and what follows it) written as given."""
+    return ('{"version":"2","id":"%s","type":"update","seq":2,"serverseq":1,"position":"PT0S",'
+            '"parameters":{"language":%s}}' % (genesys.session_id, language_json))
+
+
 BAD_TEXT = [
     pytest.param(lambda g: g.raw("{not json"),
                  "message is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
                  1, id="invalid-json"),
+    pytest.param(lambda g: g.raw(raw_update(g, '"\\ud800"')),
+                 "message is not valid JSON: a string holds a lone surrogate escape, which is not Unicode text",
+                 1, id="lone-surrogate"),
+    pytest.param(lambda g: g.raw(raw_update(g, '"en-US","x":NaN')), "message is not valid JSON: NaN is not a JSON value",
+                 1, id="nan"),
+    pytest.param(lambda g: g.raw(raw_update(g, '"en-US","x":' + "[" * 15_000 + "]" * 15_000)),
+                 "message is not valid JSON: it nests too deeply", 1, id="too-deep"),
     pytest.param(lambda g: g.send("ping", version="1"), 'unsupported version "1"; expected "2"', 2, id="wrong-version"),
     pytest.param(lambda g: g.gap(5), "ping.seq is 5 but the previous client seq was 1; expected 2", 1,
                  id="seq-gap"),

@@ -419,6 +419,38 @@ _JSON_TYPE_NAMES = {
 }
 
 
+class _NotJson(ValueError):
+    """What json.loads accepts but JSON (RFC 8259) does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value")
+
+
+def _read_json(text: str | bytes) -> Any:
+    """The JSON value of a text message, read strictly, or the Violation that says why not.
+
+    Python's reader is more lenient than JSON and than a JavaScript client: it takes NaN and
+    Infinity, lone surrogate escapes (strings that are not Unicode text) and numbers beyond a
+    double (1e400 becomes inf). None of these can be written into a record or a reply, so a
+    message holding one is refused here, like any other invalid JSON, not half-applied."""
+    try:
+        raw = json.loads(text, parse_constant=_refuse_constant)
+        # The one check that every string is Unicode and every number finite, keys included.
+        json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as exc:
+        return Violation(f"message is not valid JSON: {exc}")
+    except UnicodeEncodeError:
+        return Violation("message is not valid JSON: a string holds a lone surrogate escape, which is not Unicode text")
+    except RecursionError:
+        return Violation("message is not valid JSON: it nests too deeply")
+    except ValueError as exc:  # json.dumps: inf from a number beyond a double; json.loads: too many digits
+        if "digits" in str(exc):
+            return Violation("message is not valid JSON: a number has more than 4300 digits")
+        return Violation("message is not valid JSON: a number is beyond the range of a double")
+    return raw
+
+
 def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
     size = len(text.encode("utf-8") if isinstance(text, str) else text)
     if size > MAX_TEXT_BYTES:
@@ -426,13 +458,17 @@ def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
     try:
         # pydantic parses and validates in one pass (a ping every 5 s per call goes through
         # here); anything it refuses is parsed again below, which names the exact problem.
-        return _client_message.validate_json(text)
-    except ValidationError:
+        message = _client_message.validate_json(text)
+    except (ValidationError, ValueError, RecursionError):
         pass
-    try:
-        raw = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return Violation(f"message is not valid JSON: {exc}")
+    else:
+        if type(message) is Ping and not message.model_extra and not message.parameters.model_extra:
+            return message  # typed fields only: nothing that _read_json refuses can be in it
+        raw = _read_json(text)
+        return raw if isinstance(raw, Violation) else message
+    raw = _read_json(text)
+    if isinstance(raw, Violation):
+        return raw
     if not isinstance(raw, dict):
         return Violation(f"message is not a JSON object but a JSON {_JSON_TYPE_NAMES[type(raw)]}")
     seq = raw.get("seq") if type(raw.get("seq")) is int else None
