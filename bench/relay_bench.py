@@ -15,7 +15,14 @@ of ``--seconds`` is measured. Servers:
 - ``floor``: a picows + uvloop server on the same library that only reads frames (it answers
   ``opened``, ``pong`` and ``closed`` with canned text so the client can run the same script);
 - ``ref-loadtest`` and ``ref-recording``: the Genesys reference server's two endpoints
-  (``../shared/peers/genesys-audiohook-reference``, when ``node`` and ``npm`` exist).
+  (``../shared/peers/genesys-audiohook-reference``, when ``node`` and ``npm`` exist). The
+  recording endpoint records only when ``RECORDING_S3_BUCKET`` is set (a WAV and a JSON sidecar
+  per session, uploaded when the session ends): the bench sets it, checks the files were
+  written, and removes them (the upload, after the window, fails here: S3 is unreachable).
+
+``--rounds R`` runs every server R times per N, in turn (the order rotates each round), and
+adds the median µs/frame and the median of the per-round ratios: this machine's speed drifts
+by ±15 % from one minute to the next, which one round cannot tell from a difference.
 
 Figures: server CPU from ``/proc/<pid>/stat`` over the steady window divided by the frames sent
 in it (µs per frame); ratios against the floor and the reference's recording endpoint; sessions
@@ -27,7 +34,7 @@ for the relay: frame->Kinesis acknowledgement p50/p99 over the whole run, ramp i
 no position hole) and memory per session (RSS growth / N).
 
 Quick: python bench/relay_bench.py --sessions 250 --seconds 10
-Full:  python bench/relay_bench.py --sessions 1000,2000 --seconds 20
+Full:  python bench/relay_bench.py --sessions 1000,2000 --seconds 20 --rounds 3
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -574,6 +582,7 @@ def main() -> None:
     parser.add_argument("--sessions", default="1000,2000", help="comma-separated N")
     parser.add_argument("--seconds", type=float, default=20.0, help="streaming time after the ramp")
     parser.add_argument("--servers", default="relay,floor,ref-recording,ref-loadtest")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every server per N, in turn")
     parser.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_server:
@@ -597,14 +606,36 @@ def main() -> None:
     stub_url = f"http://127.0.0.1:{stub_port}"
     try:
         for sessions in (int(s) for s in args.sessions.split(",")):
-            rows = {kind: run_one(kind, sessions, args.seconds, stub_url) for kind in servers}
-            report(sessions, rows)
+            rounds = []
+            for index in range(args.rounds):
+                order = servers[index % len(servers):] + servers[:index % len(servers)]
+                rows = {kind: run_one(kind, sessions, args.seconds, stub_url) for kind in order}
+                report(sessions, {kind: rows[kind] for kind in servers},
+                       f" (round {index + 1} of {args.rounds})" if args.rounds > 1 else "")
+                rounds.append(rows)
+            if len(rounds) > 1:
+                report_rounds(sessions, servers, rounds)
     finally:
         stub.terminate()
 
 
-def report(sessions: int, rows: dict[str, dict[str, Any]]) -> None:
-    print(f"\nN = {sessions} sessions")
+def report_rounds(sessions: int, servers: list[str], rounds: list[dict[str, dict[str, Any]]]) -> None:
+    print(f"\nN = {sessions} sessions, {len(rounds)} rounds: median µs/frame (each round's)")
+    for kind in servers:
+        figures = [rows[kind]["us_per_frame"] for rows in rounds]
+        print(f"{kind:14} {statistics.median(figures):>6.1f}  ({', '.join(f'{x:.1f}' for x in figures)})")
+    if "relay" not in servers:
+        return
+    for kind in servers:
+        if kind != "relay":
+            ratios = [rows["relay"]["us_per_frame"] / rows[kind]["us_per_frame"] for rows in rounds]
+            print(f"relay / {kind}: median {statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})")
+    print(f"relay: zero loss in every round: {'yes' if all(rows['relay']['zero_loss'] for rows in rounds) else 'NO'}; "
+          f"steady pong p99 at most {max(rows['relay']['steady_pong_p99_ms'] for rows in rounds):.1f} ms")
+
+
+def report(sessions: int, rows: dict[str, dict[str, Any]], label: str = "") -> None:
+    print(f"\nN = {sessions} sessions{label}")
     header = (f"{'server':14} {'CPU':>5} {'µs/frame':>9} {'sess/core@80%':>13} {'open p50/p99 ms':>16} "
               f"{'pong p50/p99 ms':>16} {'steady pong':>13} {'lag p99 ms':>10} {'KiB/sess':>8} {'failed':>6}")
     print(header)
