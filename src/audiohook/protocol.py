@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -436,17 +437,19 @@ def _read_json(text: str | bytes) -> Any:
     message holding one is refused here, like any other invalid JSON, not half-applied."""
     try:
         raw = json.loads(text, parse_constant=_refuse_constant)
-        # The one check that every string is Unicode and every number finite, keys included.
-        json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as exc:
         return Violation(f"message is not valid JSON: {exc}")
+    except RecursionError:
+        return Violation("message is not valid JSON: it nests too deeply")
+    except ValueError:  # int() of a number with more digits than Python converts
+        return Violation(f"message is not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits")
+    try:  # the one check that every string (keys included) is Unicode and every number finite
+        json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
         return Violation("message is not valid JSON: a string holds a lone surrogate escape, which is not Unicode text")
     except RecursionError:
         return Violation("message is not valid JSON: it nests too deeply")
-    except ValueError as exc:  # json.dumps: inf from a number beyond a double; json.loads: too many digits
-        if "digits" in str(exc):
-            return Violation("message is not valid JSON: a number has more than 4300 digits")
+    except ValueError:  # inf: a number beyond the range of a double
         return Violation("message is not valid JSON: a number is beyond the range of a double")
     return raw
 
@@ -459,7 +462,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
         # pydantic parses and validates in one pass (a ping every 5 s per call goes through
         # here); anything it refuses is parsed again below, which names the exact problem.
         message = _client_message.validate_json(text)
-    except (ValidationError, ValueError, RecursionError):
+    except (ValueError, RecursionError):  # a ValidationError, or text pydantic cannot read at all
         pass
     else:
         if type(message) is Ping and not message.model_extra and not message.parameters.model_extra:
