@@ -32,9 +32,11 @@ def select_media(offers: Sequence[dict[str, Any]], preferences: Sequence[Prefere
     """The first offer, in preference order, that we can take; returned unchanged. None: take no audio."""
     for preference in preferences:
         for offer in offers:
+            channels = offer.get("channels", ())
             if (
                 offer.get("format") == preference.format
-                and len(offer.get("channels", ())) == preference.channel_count
+                and len(channels) == preference.channel_count
+                and len(set(channels)) == len(channels)  # ["external", "external"] is no layout
                 and offer.get("rate") in SUPPORTED_RATES
             ):
                 return offer

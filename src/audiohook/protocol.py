@@ -9,6 +9,7 @@ messages are only ever produced by :func:`server_message`, so ``version``, ``id`
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,10 @@ NULL_UUID = "00000000-0000-0000-0000-000000000000"
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 Uuid = Annotated[str, Field(pattern=_UUID.pattern)]
-_DURATION = re.compile(r"^PT(\d+(?:\.\d+)?)S$")
+# ASCII digits only (a regex \d also takes other scripts' digits, and which ones depends on the
+# regex engine's Unicode version), at most 9 before the point: 31 years, so that a position or a
+# discarded span, in samples, always fits the 64-bit fields of records.
+_DURATION = re.compile(r"^PT([0-9]{1,9}(?:\.[0-9]+)?)S$")
 Duration = Annotated[str, Field(pattern=_DURATION.pattern)]
 Channel = Literal["external", "internal"]
 
@@ -420,44 +424,113 @@ _JSON_TYPE_NAMES = {
 }
 
 
+MAX_JSON_DEPTH = 100  # RFC 8259 lets a reader limit nesting; records and replies nest a few levels more
+
+
 class _NotJson(ValueError):
-    """What json.loads accepts but JSON (RFC 8259) does not."""
+    """What json.loads accepts but JSON (RFC 8259) does not, or what we do not read."""
 
 
 def _refuse_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON value")
 
 
-def _read_json(text: str | bytes) -> Any:
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise _NotJson("a number is beyond the range of a double")
+    return value
+
+
+def _check_strings(values: list[Any]) -> None:
+    """Every string in a list (nested lists included; objects are checked as they are read)
+    is Unicode text: encoding raises UnicodeEncodeError on a lone surrogate."""
+    for value in values:
+        if type(value) is str:
+            value.encode("utf-8")
+        elif type(value) is list:
+            _check_strings(value)
+
+
+def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Every pair, before duplicate keys collapse (the last one wins, as in JavaScript): a value
+    # that is dropped must still be JSON.
+    for key, value in pairs:
+        key.encode("utf-8")
+        if type(value) is str:
+            value.encode("utf-8")
+        elif type(value) is list:
+            _check_strings(value)
+    return dict(pairs)
+
+
+def _too_deep(value: Any) -> bool:
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if type(item) is dict:
+            item = list(item.values())
+        elif type(item) is not list:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        pending.extend((child, depth + 1) for child in item)
+    return False
+
+
+def _read_json(text: str) -> Any:
     """The JSON value of a text message, read strictly, or the Violation that says why not.
 
     Python's reader is more lenient than JSON and than a JavaScript client: it takes NaN and
     Infinity, lone surrogate escapes (strings that are not Unicode text) and numbers beyond a
-    double (1e400 becomes inf). None of these can be written into a record or a reply, so a
-    message holding one is refused here, like any other invalid JSON, not half-applied."""
+    double (1e400 becomes inf), in values that a duplicate key then drops too. None of these
+    can be written into a record or a reply, so a message holding one is refused here, like
+    any other invalid JSON, not half-applied."""
     try:
-        raw = json.loads(text, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as exc:
+        raw = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite,
+                         object_pairs_hook=_checked_object)
+        if type(raw) is str:
+            raw.encode("utf-8")
+        elif type(raw) is list:
+            _check_strings(raw)
+    except (json.JSONDecodeError, _NotJson) as exc:
         return Violation(f"message is not valid JSON: {exc}")
-    except RecursionError:
-        return Violation("message is not valid JSON: it nests too deeply")
-    except ValueError:  # int() of a number with more digits than Python converts
-        return Violation(f"message is not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits")
-    try:  # the one check that every string (keys included) is Unicode and every number finite
-        json.dumps(raw, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
         return Violation("message is not valid JSON: a string holds a lone surrogate escape, which is not Unicode text")
     except RecursionError:
-        return Violation("message is not valid JSON: it nests too deeply")
-    except ValueError:  # inf: a number beyond the range of a double
-        return Violation("message is not valid JSON: a number is beyond the range of a double")
+        return Violation(f"message is not valid JSON: it nests deeper than {MAX_JSON_DEPTH} levels")
+    except ValueError:  # int() of a number with more digits than Python converts
+        return Violation(f"message is not valid JSON: a number has more than {sys.get_int_max_str_digits()} digits")
+    if _too_deep(raw):
+        return Violation(f"message is not valid JSON: it nests deeper than {MAX_JSON_DEPTH} levels")
     return raw
 
 
+def _shown(value: Any) -> str:
+    """A client's value quoted in an ``info``, cut short: the reply must stay small."""
+    if isinstance(value, str) and len(value) > 40:
+        return json.dumps(value[:40]) + "..."
+    text = json.dumps(value)
+    return text if len(text) <= 64 else text[:60] + "..."
+
+
 def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
-    size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    if isinstance(text, str):
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            return Violation("message is not valid JSON: a string holds a lone surrogate, which is not Unicode text")
+    else:
+        size = len(text)
     if size > MAX_TEXT_BYTES:
         return Violation(f"text message of {size} bytes exceeds the {MAX_TEXT_BYTES}-byte limit")
+    if not isinstance(text, str):
+        # UTF-8 only (a WebSocket text frame is UTF-8): json.loads would also take UTF-16 and
+        # UTF-32 bytes and a byte order mark, which as text it refuses.
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Violation(f"message is not valid JSON: {exc}")
     try:
         # pydantic parses and validates in one pass (a ping every 5 s per call goes through
         # here); anything it refuses is parsed again below, which names the exact problem.
@@ -465,8 +538,11 @@ def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
     except (ValueError, RecursionError):  # a ValidationError, or text pydantic cannot read at all
         pass
     else:
-        if type(message) is Ping and not message.model_extra and not message.parameters.model_extra:
-            return message  # typed fields only: nothing that _read_json refuses can be in it
+        if (type(message) is Ping and not message.model_extra and not message.parameters.model_extra
+                and "NaN" not in text and "Infinity" not in text and "\\u" not in text):
+            # Typed fields only, and nothing pydantic reads more leniently than _read_json
+            # (non-JSON constants, escapes) even in a value a duplicate key dropped.
+            return message
         raw = _read_json(text)
         return raw if isinstance(raw, Violation) else message
     raw = _read_json(text)
@@ -477,10 +553,10 @@ def parse_client_message(text: str | bytes) -> ClientMessage | Violation:
     seq = raw.get("seq") if type(raw.get("seq")) is int else None
     version = raw.get("version")
     if version != PROTOCOL_VERSION:
-        return Violation(f"unsupported version {json.dumps(version)}; expected \"2\"", seq)
+        return Violation(f"unsupported version {_shown(version)}; expected \"2\"", seq)
     message_type = raw.get("type")
     if message_type not in CLIENT_TYPES:
-        return Violation(f"unknown message type {json.dumps(message_type)}", seq)
+        return Violation(f"unknown message type {_shown(message_type)}", seq)
     try:
         return _client_message.validate_python(raw)
     except ValidationError as exc:

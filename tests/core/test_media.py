@@ -77,6 +77,11 @@ def test_the_chosen_offer_is_returned_unchanged_extra_fields_included() -> None:
                       "vendorHint": "x", "bitDepth": None}
 
 
+def test_an_offer_naming_one_channel_twice_is_passed_over() -> None:
+    assert select_media([offer("PCMU", "external", "external"), EXTERNAL_PCMU], DEFAULT) == EXTERNAL_PCMU
+    assert select_media([offer("PCMU", "internal", "internal")], DEFAULT) is None
+
+
 def test_offers_at_an_unsupported_rate_are_passed_over() -> None:
     assert select_media([offer("PCMU", rate=16000), EXTERNAL_PCMU], DEFAULT) == EXTERNAL_PCMU
 

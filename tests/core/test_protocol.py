@@ -35,7 +35,7 @@ from conftest import FIXTURES
 SESSION_ID = "5f020a60-a9cf-4a0a-add7-717401f04817"
 ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-DURATION_PATTERN = r"^PT(\d+(?:\.\d+)?)S$"
+DURATION_PATTERN = r"^PT([0-9]{1,9}(?:\.[0-9]+)?)S$"
 STEREO_PCMU = {"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}
 
 
@@ -197,6 +197,18 @@ def oversized() -> str:
     pytest.param(client("ping", position="12s"),
                  f"invalid ping message: position: String should match pattern '{DURATION_PATTERN}'", 2,
                  id="position-not-a-duration"),
+    pytest.param(client("ping", position="PT\u0661S"),
+                 f"invalid ping message: position: String should match pattern '{DURATION_PATTERN}'", 2,
+                 id="position-in-arabic-indic-digits"),
+    pytest.param(client("ping", position="PT\U00011F50S"),
+                 f"invalid ping message: position: String should match pattern '{DURATION_PATTERN}'", 2,
+                 id="position-in-kawi-digits"),
+    pytest.param(client("ping", position="PT1000000000S"),
+                 f"invalid ping message: position: String should match pattern '{DURATION_PATTERN}'", 2,
+                 id="position-beyond-31-years"),
+    pytest.param(client("resumed", {"start": "PT0S", "discarded": "PT" + "9" * 309 + "S"}),
+                 f"invalid resumed message: parameters.discarded: String should match pattern '{DURATION_PATTERN}'", 2,
+                 id="discarded-beyond-a-double"),
     pytest.param(client("ping", parameters=...), "invalid ping message: parameters: Field required", 2,
                  id="parameters-missing"),
     pytest.param(client("ping", id="5f020a60"), f"invalid ping message: id: String should match pattern '{UUID_PATTERN}'",
@@ -293,3 +305,8 @@ def test_durations_are_read_as_seconds(text: str, seconds: float) -> None:
 def test_a_duration_in_another_form_is_refused() -> None:
     with pytest.raises(ValueError, match="not an AudioHook duration: 'PT1M'"):
         duration_seconds("PT1M")
+
+
+def test_a_position_of_nine_digits_of_seconds_is_read() -> None:
+    message = parse(client("ping", position="PT999999999.125S"))
+    assert isinstance(message, Ping) and message.position_seconds == 999999999.125

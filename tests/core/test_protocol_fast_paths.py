@@ -22,6 +22,7 @@ from audiohook.protocol import (
     _JSON_TYPE_NAMES,
     CLIENT_TYPES,
     EMPTY_PARAMETERS,
+    MAX_JSON_DEPTH,
     MAX_TEXT_BYTES,
     ClosedParameters,
     DisconnectParameters,
@@ -51,6 +52,11 @@ def reference_parse(text: str | bytes) -> Any:
     size = len(text.encode("utf-8") if isinstance(text, str) else text)
     if size > MAX_TEXT_BYTES:
         return Violation(f"text message of {size} bytes exceeds the {MAX_TEXT_BYTES}-byte limit")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Violation(f"message is not valid JSON: {exc}")
     raw = _read_json(text)
     if isinstance(raw, Violation):
         return raw
@@ -245,10 +251,52 @@ def test_what_python_reads_but_json_does_not_allow_is_refused_as_invalid_json(na
         assert parse_client_message(text) == Violation(NOT_JSON + info)
 
 
-@pytest.mark.parametrize("depth", [20_000, 32_000])
-def test_nesting_too_deep_to_read_is_refused_as_invalid_json(depth: int) -> None:
-    text = extra("[" * depth + "]" * depth)
-    assert parse_client_message(text) == Violation(NOT_JSON + "it nests too deeply")
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 985, 20_000, 32_000])
+def test_nesting_deeper_than_the_limit_is_refused_as_invalid_json(depth: int) -> None:
+    # The top-level object is one level: the extra's arrays take it past the limit.
+    for text in as_given_and_as_the_other_type(extra("[" * depth + "]" * depth)):
+        assert parse_client_message(text) == Violation(NOT_JSON + f"it nests deeper than {MAX_JSON_DEPTH} levels")
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    depth = MAX_JSON_DEPTH - 1
+    assert not isinstance(parse_client_message(extra("[" * depth + "]" * depth)), Violation)
+
+
+@pytest.mark.parametrize(("text", "info"), [
+    (PING.replace('"seq":2', '"seq":NaN,"seq":2'), "NaN is not a JSON value"),
+    (PING.replace('"version":"2"', '"version":Infinity,"version":"2"'), "Infinity is not a JSON value"),
+    (PING.replace('"id":', '"id":"\\ud800","id":'), "a string holds a lone surrogate escape, which is not Unicode text"),
+    (extra('"\\ud800","x":1'), "a string holds a lone surrogate escape, which is not Unicode text"),
+    (extra('1e400,"x":1'), "a number is beyond the range of a double"),
+    (extra('["a",["\\udc00"]],"x":1'), "a string holds a lone surrogate escape, which is not Unicode text"),
+], ids=["seq", "version", "id", "extra-string", "extra-number", "string-in-nested-list"])
+def test_a_value_a_duplicate_key_drops_must_still_be_json(text: str, info: str) -> None:
+    for given in as_given_and_as_the_other_type(text):
+        assert parse_client_message(given) == Violation(NOT_JSON + info)
+
+
+@pytest.mark.parametrize("encoded", [
+    b"\xef\xbb\xbf" + PING.encode(),  # a byte order mark
+    PING.encode("utf-16-le"),  # ASCII plus NULs: valid UTF-8, but not this JSON
+    PING.encode("utf-32"),
+], ids=["bom", "utf-16", "utf-32"])
+def test_bytes_are_read_as_utf8_only(encoded: bytes) -> None:
+    answer = parse_client_message(encoded)
+    assert isinstance(answer, Violation) and answer.info.startswith(NOT_JSON)
+
+
+def test_a_text_holding_a_raw_lone_surrogate_is_refused_not_raised() -> None:
+    assert parse_client_message(PING[:-1] + ',"x":"\ud800"}') == Violation(
+        NOT_JSON + "a string holds a lone surrogate, which is not Unicode text")
+
+
+@pytest.mark.parametrize("field", ["version", "type"])
+def test_an_echoed_value_is_cut_short(field: str) -> None:
+    text = PING.replace(f'"{field}":"{"2" if field == "version" else "ping"}"', f'"{field}":"' + "é" * 30_000 + '"')
+    answer = parse_client_message(text)
+    assert isinstance(answer, Violation)
+    assert ('"' + "\\u00e9" * 40 + '"...') in answer.info
 
 
 @pytest.mark.parametrize("name", ["surrogate-pair-escape", "extra-underflowing-float", "seq-4300-digits",
