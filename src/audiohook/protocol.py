@@ -443,7 +443,7 @@ def _finite(text: str) -> float:
 
 
 def _check_strings(values: list[Any]) -> None:
-    """Every string in a list (nested lists included; objects are checked as they are read)
+    """Every string among ``values`` and in their lists (objects are checked as they are read)
     is Unicode text: encoding raises UnicodeEncodeError on a lone surrogate."""
     for value in values:
         if type(value) is str:
@@ -455,12 +455,7 @@ def _check_strings(values: list[Any]) -> None:
 def _checked_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Every pair, before duplicate keys collapse (the last one wins, as in JavaScript): a value
     # that is dropped must still be JSON.
-    for key, value in pairs:
-        key.encode("utf-8")
-        if type(value) is str:
-            value.encode("utf-8")
-        elif type(value) is list:
-            _check_strings(value)
+    _check_strings([part for pair in pairs for part in pair])
     return dict(pairs)
 
 
@@ -489,10 +484,7 @@ def _read_json(text: str) -> Any:
     try:
         raw = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite,
                          object_pairs_hook=_checked_object)
-        if type(raw) is str:
-            raw.encode("utf-8")
-        elif type(raw) is list:
-            _check_strings(raw)
+        _check_strings([raw])  # a top-level string or list (an object was checked as read)
     except (json.JSONDecodeError, _NotJson) as exc:
         return Violation(f"message is not valid JSON: {exc}")
     except UnicodeEncodeError:
