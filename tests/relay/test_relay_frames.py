@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from test_relay import (
     FRAME,
     SAMPLES,
     THROUGHPUT,
+    audio_of,
     eventually,
     frame,
     lifecycle_of,
@@ -593,6 +595,53 @@ def test_records_kinesis_refuses_for_a_while_keep_their_order_and_positions(aws:
     assert faults.calls > 3
 
 
+def test_records_left_over_when_a_call_returns_go_at_once_and_the_frames_since_the_tick_wait_for_the_next(
+        aws: Aws) -> None:
+    # One call at a time, and the first one (the first session's opened) held: at the second
+    # tick the other session's records are left over. When the held call returns they go at
+    # once; the frames that arrived since that tick stay pending and become one record with
+    # the ones that follow, at the next tick.
+    kinesis = boto3.client("kinesis", region_name=REGION, config=Config(retries={"total_max_attempts": 1}))
+    entered, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def hold_the_first_call(params: dict[str, Any], **_: Any) -> None:
+        calls.append(len(params["Records"]))
+        if len(calls) == 1:
+            entered.set()
+            release.wait(10)
+
+    kinesis.meta.events.register("before-parameter-build.kinesis.PutRecords", hold_the_first_call)
+    first, s = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def scenario(relay: Relay) -> int:
+        other = await opened(relay, first)
+        await asyncio.to_thread(entered.wait, 10)
+        ws = await opened(relay, s)
+        for n in range(2):
+            await ws.send(frame(n))
+        await eventually(lambda: relay.metrics()["frames"] == 2)  # the second tick took them
+        await hold(relay, ws, [frame(2), frame(3)])
+        release.set()
+        await eventually(lambda: len(calls) == 2)
+        await asyncio.sleep(0.05)
+        still_pending = pending_frames(relay)
+        await ws.send(frame(4))
+        await eventually(lambda: relay.metrics()["frames"] == 5)
+        for socket, session_id in ((ws, s), (other, first)):
+            await send(socket, message(session_id, "close", 2, 1, {"reason": "end"}))
+            assert (await receive(socket))["type"] == "closed"
+            await socket.close()
+        return still_pending
+
+    still_pending = run(_with_relay(aws, scenario, kinesis=kinesis, flush_ms=1000, max_inflight=1))
+
+    assert still_pending == 2
+    assert calls[:2] == [1, 2]  # the first session's opened; then the other's opened and first audio
+    assert [(record.position, record.audio) for record in audio_of(session_records(aws, s))] == [
+        (0, frames(0, 1)), (2 * SAMPLES, frames(2, 3, 4))]
+
+
 # --- the memory bound -------------------------------------------------------------------------
 
 
@@ -627,5 +676,6 @@ def test_pending_frames_that_only_partly_fit_in_the_buffer_keep_what_fits_and_on
 
 
 async def _with_relay(aws: Aws, body: Any, **options: Any) -> Any:
-    async with quick_relay(relay_service(aws), flush_ms=options.pop("flush_ms", NO_FLUSH_MS), **options) as relay:
+    service = relay_service(aws, options.pop("kinesis", None))
+    async with quick_relay(service, flush_ms=options.pop("flush_ms", NO_FLUSH_MS), **options) as relay:
         return await body(relay)

@@ -37,9 +37,10 @@ connection, coalescing what changed meanwhile; the final save comes before ``dis
 Queues and state belong to the connection, never to a session id alone, so two connections
 claiming one session id can never share anything.
 
-Records go to the same Kinesis stream: a flusher sends PutRecords batches across sessions
-every ``RELAY_FLUSH_MS`` (sooner only when memory runs high): one record per session per
-flush holds all its frames since the last one, so the per-record costs are shared by
+Records go to the same Kinesis stream: every ``RELAY_FLUSH_MS`` a flusher takes the frames
+that arrived and sends PutRecords batches across sessions (between ticks it only sends: when
+memory runs high, or when a call returns and records wait). One record per session per tick
+holds all its frames since the last one, so the per-record costs are shared by
 ``RELAY_FLUSH_MS / 200`` frames of a real-time stream (a tick sends as many calls as it
 needs, each up to 500 records or 5 MiB); at most ``max_inflight`` calls at
 once and one per session at a time, with request bodies built without botocore's per-record
@@ -1112,14 +1113,22 @@ class Relay:
 
     # ------------------------------------------------------------------ Kinesis
     async def _flush_loop(self) -> None:
+        """Every ``flush_s``: take the pending frames, then send. A wake in between (a call
+        returned with records left over, memory runs high) only sends: taking the frames of
+        the second so far would split every session's record of that second in two."""
         buffer = self.buffer
+        loop = self._loop
+        assert loop is not None
+        next_take = loop.time() + self._flush_s
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self._flush_s)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_take - loop.time()))
             except TimeoutError:
                 pass
             self._wake.clear()
-            await self._take_all_pending()
+            if self._stopping or loop.time() >= next_take:
+                next_take = loop.time() + self._flush_s
+                await self._take_all_pending()
             await self._dispatch()
             if self._stopping and buffer.idle:
                 return
