@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
@@ -61,7 +62,7 @@ class Task:
 
 @pytest.fixture
 def task(sts: str) -> Iterator[tuple[Task, str, object]]:
-    arn, credentials = role_credentials(sts, f"control-{id(object())}")
+    arn, credentials = role_credentials(sts, f"control-{uuid.uuid4().hex[:12]}")
     running = Task(sts, arn)
     thread = threading.Thread(target=running.server.serve_forever, daemon=True)
     thread.start()
@@ -89,7 +90,7 @@ def test_the_owning_task_applies_the_action_and_answers_the_exact_message(task, 
 
 def test_a_caller_without_the_control_role_is_refused_and_nothing_is_sent(task, sts):
     running, _, _ = task
-    _, stranger = role_credentials(sts, f"stranger-{id(object())}")
+    _, stranger = role_credentials(sts, f"stranger-{uuid.uuid4().hex[:12]}")
     result = RelayFront(lambda: stranger, REGION, endpoint=sts).apply(location(running), Pause())
     assert (result.delivered, result.code) == (False, "unreachable")
     assert result.reason.startswith(f"relay task {running.address} answered HTTP 403: arn:aws:sts::")
@@ -98,7 +99,7 @@ def test_a_caller_without_the_control_role_is_refused_and_nothing_is_sent(task, 
 
 
 def test_a_task_that_does_not_answer_is_unreachable(sts):
-    _, credentials = role_credentials(sts, f"control-{id(object())}")
+    _, credentials = role_credentials(sts, f"control-{uuid.uuid4().hex[:12]}")
     gone = SessionLocation(SESSION_ID, "conn-1", ORG_ID, "ACTIVE", owner="127.0.0.1:9")
     result = RelayFront(lambda: credentials, REGION, endpoint=sts, timeout_s=1).apply(gone, Pause())
     assert (result.delivered, result.code) == (False, "unreachable")
