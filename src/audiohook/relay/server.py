@@ -1115,7 +1115,7 @@ class Relay:
     async def _flush_loop(self) -> None:
         """Every ``flush_s``: take the pending frames, then send. A wake in between (a call
         returned with records left over, memory runs high) only sends: taking the frames of
-        the second so far would split every session's record of that second in two."""
+        the interval so far would split every session's record of that interval in two."""
         buffer = self.buffer
         loop = self._loop
         assert loop is not None
